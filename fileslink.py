@@ -1524,7 +1524,7 @@ class Client:
                  batch_size: Optional[int] = None) -> None:
         key = os.environ.get(_ENV_KEY, "") if api_key is None else api_key
         if not isinstance(key, str) or not key:
-            raise ConfigError("no API key: set %s (or pass api_key=)" % _ENV_KEY)
+            raise ConfigError("no API key: set %s to your files.link API key" % _ENV_KEY)
         if _CONTROL.search(key) or key != key.strip():
             raise ConfigError("the API key contains a newline, a control character or "
                               "surrounding spaces; check how it was set")
@@ -2059,8 +2059,9 @@ class _Bar:
             if self._tty:
                 self._stream.write("\r\x1b[K")
             failed = ", %d failed" % self._failed if self._failed else ""
-            self._stream.write("%d files%s, %s in %.1f s (%s/s)\n" % (
-                self._done, failed, _human(self._bytes), elapsed, _human(self._bytes / elapsed)))
+            self._stream.write("%d file%s%s, %s in %.1f s (%s/s)\n" % (
+                self._done, "" if self._done == 1 else "s", failed, _human(self._bytes),
+                elapsed, _human(self._bytes / elapsed)))
             self._stream.flush()
 
 
@@ -2214,6 +2215,9 @@ def _cmd_upload(client: Client, args: Any, out: Any, err: Any) -> int:
         raise ConfigError("--name goes with a single PATH")
     if "-" in args.paths and not args.name:
         raise ConfigError("reading stdin (-) needs --name")
+    if not (args.folder or os.environ.get(_ENV_FOLDER)):
+        raise ConfigError("no folder: pass --folder ID or set %s (`fileslink projects`, then "
+                          "`fileslink folders PROJECT_ID`, list them)" % _ENV_FOLDER)
     folder = client._folder(args.folder)
     items = _walk(args.paths, args.name)
     if not items:
@@ -2236,7 +2240,9 @@ def _cmd_upload(client: Client, args: Any, out: Any, err: Any) -> int:
         else:
             if bar is not None and bar._tty:
                 err.write("\r\x1b[K")
-            err.write("fileslink: error: %s: %s\n" % (name, _describe(result)))
+            reason = result.strerror if isinstance(result, OSError) and result.strerror \
+                else _describe(result)
+            err.write("fileslink: error: %s: %s\n" % (name, reason))
 
     try:
         client.upload_many(items, folder, progress=bar.update if bar else None,
