@@ -663,6 +663,16 @@ def _split_url(url: str) -> Tuple[str, str, int, str]:
     return scheme, parts.hostname or "", port, target
 
 
+def _network_error(what: str, where: str, exc: BaseException) -> Tuple[str, bool]:
+    """A message for a failed exchange, and whether another try may help."""
+    ssl = sys.modules.get("ssl")
+    if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
+        return ("%s: the TLS certificate of %s was refused (%s); trust your CA with "
+                "--ca-bundle, ssl_context= or SSL_CERT_FILE" % (
+                    what, where, _clip(str(exc.verify_message or exc))), False)
+    return "%s: no answer from %s: %s" % (what, where, _clip(str(exc) or type(exc).__name__)), True
+
+
 def _is_stale_error(exc: BaseException) -> bool:
     """Errors a kept-alive connection that the server closed while idle gives."""
     if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError,
@@ -1217,6 +1227,7 @@ class _Run:
         self.futures: Dict[Future[str], Tuple[_Job, int]] = {}
         self.feed: Deque[_Job] = collections.deque()
         self.started: Set[_Job] = set()  # multipart uploads initiated, not yet ended
+        self.live: Set[_Job] = set()  # jobs whose source is open
         self.results: List[Any] = []
         self.failures: List[Tuple[int, str, BaseException]] = []
         self.exhausted = False
@@ -1300,6 +1311,7 @@ class _Run:
                 self._record(index, _item_name(item), exc)
                 continue
             job = _Job(index, source, self)
+            self.live.add(job)
             if job.multipart:
                 self._initiate(job)
                 break
@@ -1435,6 +1447,7 @@ class _Run:
         if isinstance(outcome, BaseException) and job.error is None:
             job.error = outcome
         job.source.close()
+        self.live.discard(job)
         self._record(job.index, job.source.name, outcome)
 
     def _record(self, index: int, name: str, outcome: Any) -> None:
@@ -1459,15 +1472,11 @@ class _Run:
         for job in list(self.started):
             if job.error is None:
                 job.error = TransferError("upload of %s cancelled" % job.source.name)
-            self._abort_quietly(job, _ABORT_TIMEOUT if interrupted else None)
-        for job in self.feed:
+            self.started.discard(job)
+            assert job.plan is not None
+            self.client._abort(job.plan, _ABORT_TIMEOUT if interrupted else None)
+        for job in self.live:
             job.source.close()
-
-    def _abort_quietly(self, job: _Job, timeout: Optional[float]) -> None:
-        self.started.discard(job)
-        assert job.plan is not None
-        self.client._abort(job.plan, timeout)
-        job.source.close()
 
 
 def _item_name(item: Any) -> str:
@@ -1777,8 +1786,11 @@ class Client:
             except (OSError, http.client.HTTPException) as exc:
                 if cancel.is_set():
                     raise _Cancelled() from None
-                raise _Retryable(APIError("%s: no answer from %s: %s" % (
-                    what, self.base_url, self._redact(_clip(str(exc) or type(exc).__name__))))) from exc
+                text, transient = _network_error(what, self.base_url, exc)
+                error = APIError(self._redact(text))
+                if not transient:  # the same certificate will be refused again
+                    raise error from exc
+                raise _Retryable(error) from exc
             _log(_DEBUG, "%s -> %d (try %d, %.3fs)", what, resp.status, n,
                  time.monotonic() - started)
             limit = _parse_ratelimit(resp.headers)
@@ -1854,9 +1866,11 @@ class Client:
                 progress(-payload.sent)
                 if cancel.is_set():
                     raise _Cancelled() from None
-                raise _Retryable(TransferError("%s to %s failed: %s" % (
-                    what, _where(url), _clip(str(exc) or type(exc).__name__)), None,
-                    part or None)) from exc
+                text, transient = _network_error(what, _where(url), exc)
+                error = TransferError(text, None, part or None)
+                if not transient:
+                    raise error from exc
+                raise _Retryable(error) from exc
             except SourceChangedError:
                 progress(-payload.sent)
                 raise
@@ -2125,7 +2139,13 @@ def _parser() -> Any:
     up.add_argument("--name", help="the name to give the file (required with -)")
     up.add_argument("--link", action="store_true", help="create permanent links and print them")
     up.add_argument("--workers", type=int, default=8, metavar="N", help="parallel PUTs (8)")
-    up.add_argument("--threshold", type=_parse_size, default=100 << 20, metavar="SIZE",
+    def size(text: str) -> int:
+        try:
+            return _parse_size(text)
+        except ValueError as exc:  # argparse would print "invalid _parse_size value"
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    up.add_argument("--threshold", type=size, default=100 << 20, metavar="SIZE",
                     help="multipart from this size on, e.g. 64M (100M)")
     up.add_argument("--no-checksum", action="store_true",
                     help="skip the MD5 comparison with storage's ETag (faster)")
@@ -2160,13 +2180,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
     out, err = sys.stdout, sys.stderr
-    handler = None
+    handler, old_level = None, 0
     if args.verbose:
         import logging
 
         handler = logging.StreamHandler(err)
         handler.setFormatter(logging.Formatter("fileslink: %(levelname)s: %(message)s"))
         logger = logging.getLogger("fileslink")
+        old_level = logger.level
         logger.addHandler(handler)
         logger.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO)
     try:
@@ -2201,6 +2222,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             import logging
 
             logging.getLogger("fileslink").removeHandler(handler)
+            logging.getLogger("fileslink").setLevel(old_level)
 
 
 def _emit(out: Any, args: Any, record: Any, line: str) -> None:
