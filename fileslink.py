@@ -529,6 +529,17 @@ def _where(url: str) -> str:
                             "?..." if parts.query else "")
 
 
+def _unsigned(text: str, url: str) -> str:
+    """Text from storage may echo the request line: leave its signature out."""
+    query = urllib.parse.urlsplit(url).query
+    if query:
+        text = text.replace(query, "...")
+        for _, value in urllib.parse.parse_qsl(query):
+            if len(value) >= 8:
+                text = text.replace(value, "...")
+    return text
+
+
 def _clip(text: str, limit: int = 300) -> str:
     text = _CONTROL.sub(" ", text).strip()
     return text if len(text) <= limit else text[:limit] + "..."
@@ -845,10 +856,9 @@ def _idle_and_open(sock: Optional[socket.socket]) -> bool:
 def _md5() -> Any:
     import hashlib
 
-    try:  # an integrity check, not security: allowed on FIPS systems
+    if sys.version_info >= (3, 9):  # an integrity check, not security: FIPS allows it
         return hashlib.md5(usedforsecurity=False)
-    except TypeError:  # Python 3.8
-        return hashlib.md5()
+    return hashlib.md5()
 
 
 class _Source:
@@ -1052,7 +1062,7 @@ class _Payload:
     def __init__(self, source: _Source, offset: int, length: int, checksum: bool,
                  progress: Callable[[int], None], cancel: _Cancel) -> None:
         self.source, self.offset, self.length = source, offset, length
-        self.md5 = _md5() if checksum else None
+        self.checksum, self.md5 = checksum, None
         self.progress, self.cancel = progress, cancel
         self.sent = 0
 
@@ -1060,6 +1070,12 @@ class _Payload:
         return self.length
 
     def send(self, conn: http.client.HTTPConnection) -> None:
+        """Send the whole range from its start: a payload may be sent again
+        on a fresh connection, and must then send the same bytes."""
+        if self.sent:
+            self.progress(-self.sent)
+            self.sent = 0
+        self.md5 = _md5() if self.checksum else None
         sock = conn.sock  # connected by endheaders()
         handle = self.source.sendfile_handle() if self.md5 is None else None
         if handle is not None and type(sock) is socket.socket and hasattr(os, "sendfile"):
@@ -1424,7 +1440,7 @@ class _Run:
     def _abort(self, job: _Job, timeout: Optional[float] = None) -> None:
         self.started.discard(job)
         assert job.plan is not None
-        self.client._abort(job.plan, timeout)
+        self.client._abort(job.plan.ids(), timeout)
         self._finish(job, job.error or TransferError("multipart upload aborted"))
 
     def _succeed(self, job: _Job, multipart: bool) -> None:
@@ -1474,7 +1490,7 @@ class _Run:
                 job.error = TransferError("upload of %s cancelled" % job.source.name)
             self.started.discard(job)
             assert job.plan is not None
-            self.client._abort(job.plan, _ABORT_TIMEOUT if interrupted else None)
+            self.client._abort(job.plan.ids(), _ABORT_TIMEOUT if interrupted else None)
         for job in self.live:
             job.source.close()
 
@@ -1689,9 +1705,19 @@ class Client:
         meta = {"name": source.name, "size": source.size, "mimeType": source.mime_type}
         data = self._call("POST", _ROUTES["initiate"].format(folder), {"fileMetadata": meta},
                           cancel=cancel)
-        plan = _plan_parts(source.size, data.get("data"))
-        for url in plan.urls:
-            self._check_presigned(url)
+        raw = data.get("data")
+        try:
+            plan = _plan_parts(source.size, raw)
+            for url in plan.urls:
+                self._check_presigned(url)
+        except ProtocolError:
+            # An upload was opened that will not be completed: abort it if
+            # its ids can be read at all, or storage keeps billing it.
+            if isinstance(raw, dict) and isinstance(_pick(raw, "upload_id"), str):
+                ids = {"uploadId": _pick(raw, "upload_id"), "fileId": _pick(raw, "file_id"),
+                       "key": _pick(raw, "key"), "bucket": _pick(raw, "bucket")}
+                self._abort({k: v for k, v in ids.items() if v is not None})
+            raise
         return plan
 
     def _complete(self, plan: _Plan, etags: Dict[int, str], cancel: _Cancel) -> None:
@@ -1699,14 +1725,14 @@ class Client:
         body["parts"] = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
         self._call("POST", _ROUTES["complete"], body, cancel=cancel)
 
-    def _abort(self, plan: _Plan, timeout: Optional[float] = None) -> None:
+    def _abort(self, ids: Json, timeout: Optional[float] = None) -> None:
         """Best effort: an unaborted multipart upload keeps storage billed."""
         try:
-            self._call("POST", _ROUTES["abort"], plan.ids(), attempts=1 if timeout else None,
+            self._call("POST", _ROUTES["abort"], ids, attempts=1 if timeout else None,
                        timeout=timeout)
-            _log(_INFO, "aborted multipart upload %s", plan.upload_id)
+            _log(_INFO, "aborted multipart upload %s", ids.get("uploadId"))
         except (FilesLinkError, _Cancelled) as exc:
-            _log(_WARNING, "could not abort multipart upload %s: %s", plan.upload_id, exc)
+            _log(_WARNING, "could not abort multipart upload %s: %s", ids.get("uploadId"), exc)
 
     def _send_single(self, job: _Job, folder: str) -> str:
         """PUT a whole file; presign it again if its URL expired. Its ETag."""
@@ -1894,8 +1920,8 @@ class Client:
             if resp.status == 403 and "expired" in text.lower():
                 raise _Expired()
             error = TransferError("%s to %s: %d %s: %s" % (
-                what, _where(url), resp.status, resp.reason, _storage_message(text)),
-                resp.status, part or None)
+                what, _where(url), resp.status, resp.reason,
+                _unsigned(_storage_message(text), url)), resp.status, part or None)
             if resp.status in _RETRY_STATUSES:
                 raise _Retryable(error, _parse_retry_after(resp.headers.get("Retry-After")))
             raise error
