@@ -782,10 +782,11 @@ class _Transport:
             conn = self._checkout((scheme, host, port), fresh)
             cancel.track(conn)
             try:
-                if timeout is not None:
-                    conn.http.timeout = timeout
-                    if conn.http.sock is not None:
-                        conn.http.sock.settimeout(timeout)
+                # Each exchange sets its own: a pooled connection may come
+                # from a short-timeout abort.
+                conn.http.timeout = self.timeout if timeout is None else timeout
+                if conn.http.sock is not None:
+                    conn.http.sock.settimeout(conn.http.timeout)
                 return self._once(conn, url if conn.absolute else target, method,
                                   headers, body, max_body)
             except BaseException as exc:
@@ -826,7 +827,7 @@ class _Transport:
             answered_early = True
         else:
             response = h.getresponse()
-        data = response.read(max_body + 1)
+        data = _read_full(response, max_body + 1)
         truncated = len(data) > max_body
         if truncated:
             data = data[:max_body]
@@ -989,10 +990,12 @@ def _spool(stream: BinaryIO, name: str) -> _Source:
         raise
 
 
-def _read_full(stream: BinaryIO, limit: int) -> bytes:
+def _read_full(stream: Any, limit: int) -> bytes:
+    """Up to `limit` bytes, read in blocks: before 3.10, HTTPResponse.read(n)
+    allocates and zero-fills n bytes whatever the body's size."""
     chunks, have = [], 0
     while have < limit:
-        chunk = stream.read(limit - have)
+        chunk = stream.read(min(_BLOCK, limit - have))
         if not chunk:
             break
         chunks.append(chunk)
@@ -1301,15 +1304,20 @@ class _Run:
         with self._lock:
             self._queued -= 1
         job.cancel.check()
-        if job.plan is None:
-            return self.client._send_single(job, self.folder)
-        offset, length = job.plan.span(number)
         try:
-            return self.client._put(job.plan.urls[number - 1], job.source, offset, length,
-                                    number, job.add_progress, job.cancel)
-        except _Expired:
-            raise TransferError("the presigned URL of part %d of %s expired; the multipart "
-                                "upload was aborted" % (number, job.source.name), 403, number) from None
+            if job.plan is None:
+                return self.client._send_single(job, self.folder)
+            offset, length = job.plan.span(number)
+            try:
+                return self.client._put(job.plan.urls[number - 1], job.source, offset, length,
+                                        number, job.add_progress, job.cancel)
+            except _Expired:
+                raise TransferError("the presigned URL of part %d of %s expired; the multipart "
+                                    "upload was aborted" % (number, job.source.name), 403,
+                                    number) from None
+        except (OSError, FilesLinkError):
+            job.cancel.set()  # siblings stop now, not when the coordinator wakes
+            raise
 
     def _admit(self, numbered: Iterator[Tuple[int, Any]]) -> None:
         """Open the next sources: a batch of small ones to presign, or one big one."""
@@ -1393,8 +1401,9 @@ class _Run:
             job.error = exc
             job.cancel.set()
             for future, (other, _) in self.futures.items():
-                if other is job:
-                    future.cancel()
+                if other is job and future.cancel():
+                    with self._lock:  # a task cancelled before it ran never counts itself out
+                        self._queued -= 1
             if job.plan is None:
                 self._finish(job, exc)
 
