@@ -2301,15 +2301,19 @@ def _cmd_upload(client: Client, args: Any, out: Any, err: Any) -> int:
                 else _describe(result)
             err.write("fileslink: error: %s: %s\n" % (name, reason))
 
+    status = 0
     try:
         client.upload_many(items, folder, progress=bar.update if bar else None,
                            link=args.link, on_file=on_file)
     except UploadManyError:
-        return 1  # each failure has had its line
-    finally:
-        if bar is not None:
-            bar.finish()
-    return 0
+        status = 1  # each failure has had its line
+    except BaseException:
+        if bar is not None and bar._tty:
+            err.write("\r\x1b[K")  # clear the bar: main() prints the one line
+        raise
+    if bar is not None:
+        bar.finish()
+    return status
 
 
 def _cmd_ls(client: Client, args: Any, out: Any, err: Any) -> int:
