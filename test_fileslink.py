@@ -66,7 +66,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 from unittest import mock
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
-
 import fileslink
 
 MiB = 1024 * 1024
@@ -3661,7 +3660,7 @@ HERE = os.path.dirname(os.path.abspath(fileslink.__file__))
 # ---------------------------------------------------------------------------
 
 _README_FENCE = re.compile(
-    r"(?:<!-- readme-test: (?P<marker>[^>]*?) -->\n)?```(?P<lang>\w*)\n(?P<code>.*?)```",
+    r"(?:<!-- readme-test: (?P<marker>[^\n]*?) -->\n)?```(?P<lang>\w*)\n(?P<code>.*?)```",
     re.DOTALL)
 
 
@@ -3751,6 +3750,1053 @@ class TestReadme(FakeTestCase):
                 continue
             with self.subTest(block=number):
                 self._run(["bash"], script, "README block %d" % number)
+
+
+def _reliab_fast_retry(attempts: int = 3) -> "fileslink.Retry":
+    return fileslink.Retry(attempts=attempts, backoff=0.01, max_backoff=0.05)
+
+
+def _reliab_results(call: Callable[[], List[Any]]) -> List[Any]:
+    """upload_many's per-source outcomes, whether it returned or raised UploadManyError."""
+    try:
+        return list(call())
+    except fileslink.UploadManyError as e:
+        return list(e.results)
+
+
+def _reliab_exception_text(exc: BaseException) -> str:
+    """Everything a user could see of an exception: the full traceback with its
+    chain (str of each link), repr, args and the APIError fields."""
+    texts = ["".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
+    seen = set()
+    link: Optional[BaseException] = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        texts += [str(link), repr(link), repr(link.args)]
+        for attr in ("message", "body"):
+            texts.append(str(getattr(link, attr, "")))
+        link = link.__cause__ or link.__context__
+    return "\n".join(texts)
+
+
+def _reliab_join_workers(test: unittest.TestCase) -> None:
+    """Wait for fileslink's worker threads to end (after a cancelled upload
+    the pool is shut down without waiting): a test must not leak threads."""
+    for t in threading.enumerate():
+        if t.name.startswith("fileslink") and t is not threading.current_thread():
+            # A Ctrl-C landing inside pool.submit() can leave a worker that is
+            # still starting ("limbo"); join() refuses those until they run.
+            started = getattr(t, "_started", None)
+            if started is not None:
+                started.wait(5)
+            t.join(5)
+            test.assertFalse(t.is_alive(), "worker thread %s still running" % t.name)
+
+
+def _reliab_bounded(test: unittest.TestCase, fn: Callable[[], Any], seconds: float = 10.0) -> Any:
+    """fn() run in a thread: its result, or its exception re-raised here. A call
+    still running after `seconds` has hung: the test fails, and the thread is
+    stopped (an asynchronous SystemExit raised in it, so that a spinning loop
+    does not burn a core for the rest of the suite)."""
+    box: Dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as e:
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name="reliab-bounded", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        try:
+            import ctypes
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                       ctypes.py_object(SystemExit))
+        except (ImportError, AttributeError):
+            pass
+        thread.join(5)
+        test.fail("the call did not return within %.0f s: it hung" % seconds)
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+def _reliab_recorder(test: unittest.TestCase) -> Tuple[str, List[Tuple[str, str, Dict[str, str]]]]:
+    """A second, tiny HTTP server on another port that records every request
+    (method, path, headers) and answers a JSON success. Stopped at cleanup."""
+    seen: List[Tuple[str, str, Dict[str, str]]] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def _any(self) -> None:
+            seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+            body = b'{"success": true, "urls": [], "data": []}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _any
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                              name="reliab-recorder", daemon=True)
+    thread.start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+    test.addCleanup(stop)
+    return "http://127.0.0.1:%d" % server.server_address[1], seen
+
+
+def _reliab_listener(test: unittest.TestCase) -> Tuple[int, Callable[[], bool]]:
+    """A listening socket nobody answers on: (port, was_connected()).
+    Tells whether anything tried to connect to that port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(5)
+    sock.setblocking(False)
+    test.addCleanup(sock.close)
+
+    def was_connected() -> bool:
+        try:
+            conn, _ = sock.accept()
+        except (BlockingIOError, socket.timeout):
+            return False
+        conn.close()
+        return True
+
+    return sock.getsockname()[1], was_connected
+
+
+def _reliab_closed_port() -> int:
+    """A loopback port with nothing listening (connection refused)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return int(port)
+
+
+def _reliab_puts(fake: FakeFilesLink) -> List[Any]:
+    return [r for r in list(fake.log) if r.plane == "storage" and r.method == "PUT"]
+
+
+class TestReliabCase(FakeTestCase):
+    """The base of this group: uploads go to the fake's folder by default
+    ($FILESLINK_FOLDER, restored by FakeTestCase after each test)."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        os.environ["FILESLINK_FOLDER"] = self.fake.folder_id
+
+
+# ---------------------------------------------------------------------------
+# The chaos test
+# ---------------------------------------------------------------------------
+
+class TestReliabChaos(TestReliabCase):
+
+    SEED = 20240611
+
+    def test_chaos_every_upload_ends_byte_exact_or_with_an_error(self) -> None:
+        """64 uploads (61 small, 3 multipart; upload_many and upload; paths,
+        bytes, tuples, streams) while ~20 % of PUTs and ~10 % of API calls
+        fail in every way the fake knows, stalls past the client's timeout
+        included. Nothing may be corrupt, nothing reported done that is not,
+        and no multipart upload the client learned of may be left open."""
+        rng = random.Random(self.SEED)
+        expected: Dict[str, bytes] = {}       # name -> bytes; names are unique
+
+        def small(name: str, seed: int) -> bytes:
+            roll = rng.random()
+            size = 0 if roll < 0.05 else (rng.randrange(MiB, 2 * MiB) if roll > 0.9
+                                          else rng.randrange(1, 200 * 1024))
+            expected[name] = pseudo_random_bytes(size, seed)
+            return expected[name]
+
+        def path(name: str, data: bytes) -> str:
+            p = os.path.join(self.tmp, name)
+            with open(p, "wb") as f:
+                f.write(data)
+            return p
+
+        big_sizes = [11 * MiB, 12 * MiB + 17, 13 * MiB - 5]
+        bigs = []
+        for i, size in enumerate(big_sizes):
+            name = "big%d.bin" % i
+            expected[name] = pseudo_random_bytes(size, 1000 + i)
+            bigs.append(path(name, expected[name]))
+        group_a = [path("a%02d.dat" % i, small("a%02d.dat" % i, i)) for i in range(22)]
+        group_a.insert(9, bigs[0])
+        group_b: List[Any] = [("b%02d.txt" % i, small("b%02d.txt" % i, 100 + i)) for i in range(22)]
+        group_b.insert(15, bigs[1])
+        singles = []
+        for i in range(17):
+            name = "c%02d.bin" % i
+            data = small(name, 200 + i)
+            kind = i % 3
+            singles.append((name, path(name, data) if kind == 0 else data, kind))
+
+        client = self.client(timeout=0.5, retry=_reliab_fast_retry(3), max_workers=4,
+                             multipart_threshold=6 * MiB, batch_size=6)
+        # Stalls just past the client's timeout; few, since each costs 0.5 s.
+        self.fake.chaos(self.SEED, storage_rate=0.2, api_rate=0.1, delay=0.7)
+
+        outcomes: Dict[str, Any] = {}         # name -> UploadedFile or the exception
+        for group in (group_a, group_b):
+            names = [item[0] if isinstance(item, tuple) else os.path.basename(item)
+                     for item in group]
+            for name, result in zip(names, _reliab_results(lambda g=group: client.upload_many(g))):
+                outcomes[name] = result
+        for name, source, kind in singles + [("big2.bin", bigs[2], 0)]:
+            try:
+                if kind == 2:
+                    outcomes[name] = client.upload(io.BytesIO(source), name=name)
+                elif kind == 1:
+                    outcomes[name] = client.upload(source, name=name)
+                else:
+                    outcomes[name] = client.upload(source)
+            except fileslink.FilesLinkError as e:
+                outcomes[name] = e
+        self.fake.clear_faults()
+
+        self.assertEqual(sorted(outcomes), sorted(expected))
+        unexpected = {n: r for n, r in outcomes.items()
+                      if not isinstance(r, (fileslink.UploadedFile, fileslink.FilesLinkError))}
+        ok = {n: r for n, r in outcomes.items() if isinstance(r, fileslink.UploadedFile)}
+        failed = {n: r for n, r in outcomes.items() if isinstance(r, fileslink.FilesLinkError)}
+        files = dict(self.fake.files)
+        # Reported done, but the service does not hold exactly these bytes.
+        missing = [n for n, r in ok.items()
+                   if r.id not in files or not files[r.id].uploaded
+                   or files[r.id].data != expected[n] or r.size != len(expected[n])
+                   or r.multipart != (len(expected[n]) >= 6 * MiB)]
+        # Anything the service shows as uploaded must be byte-exact, even if the
+        # client gave up on it (a confirm that landed after the client's timeout).
+        corrupt = [f.name for f in files.values()
+                   if f.uploaded and f.data != expected.get(f.name)]
+        # Multipart uploads the client learned of (it sent a part) left open.
+        # An initiate answered after the client's timeout leaves an upload the
+        # client never heard of, holding no parts (PROTOCOL.md: it costs
+        # nothing); such orphans are the service's to expire, not counted.
+        touched = {r.query.get("uploadId") for r in _reliab_puts(self.fake)}
+        left_open = [u.upload_id for u in self.fake.multipart.values()
+                     if u.state == "open" and (u.parts or u.upload_id in touched)]
+        faults = list(self.fake.faults_fired)
+        storage_faults = sum(1 for f in faults if f[0] == "storage")
+        stalls = sum(1 for f in faults if "delay" in f[3])
+        print("\nchaos seed %d: %d uploads (%d multipart), %d ok, %d failed; %d faults injected "
+              "(%d storage, %d api, %d stalls); %d corrupt, %d confirmed-but-missing, "
+              "%d multipart left open" % (
+                  self.SEED, len(outcomes), len(big_sizes), len(ok), len(failed), len(faults),
+                  storage_faults, len(faults) - storage_faults, stalls, len(corrupt),
+                  len(missing), len(left_open)))
+        self.assertEqual(unexpected, {})
+        self.assertEqual(corrupt, [])
+        self.assertEqual(missing, [])
+        self.assertEqual(left_open, [])
+        self.assertGreaterEqual(len(faults), 10, "chaos was not active: the test proves nothing")
+        self.assertGreaterEqual(len(ok), len(outcomes) // 2, "retries should save most uploads")
+        key = self.fake.api_key
+        for name, e in failed.items():
+            self.assertNotIn(key, _reliab_exception_text(e), name)
+
+
+# ---------------------------------------------------------------------------
+# Integrity: ETag vs MD5 of what was sent; files that change while sent
+# ---------------------------------------------------------------------------
+
+class TestReliabIntegrity(TestReliabCase):
+
+    def test_wrong_etag_is_retried_and_the_upload_is_byte_exact(self) -> None:
+        path, data = self.make_file("etag.bin", 300 * 1024, seed=1)
+        self.fake.inject("storage", wrong_etag=True)
+        f = self.client().upload(path)
+        self.assertEqual(len(_reliab_puts(self.fake)), 2)
+        stored = self.fake.files[f.id]
+        self.assertEqual((stored.uploaded, stored.data == data), (True, True))
+
+    def test_etag_always_wrong_fails_naming_md5_and_confirms_nothing(self) -> None:
+        path, _ = self.make_file("etag.bin", 1000, seed=2)
+        self.fake.inject("storage", wrong_etag=True, times=3)
+        with self.assertRaises(fileslink.TransferError) as cm:
+            self.client().upload(path)
+        self.assertIn("MD5", str(cm.exception))
+        self.assertEqual(len(_reliab_puts(self.fake)), 3)
+        self.assertEqual(self.fake.api_calls("confirm"), [])
+        self.assertFalse(any(f.uploaded for f in self.fake.files.values()))
+
+    def test_without_checksum_a_wrong_etag_is_accepted_the_documented_trade_off(self) -> None:
+        path, data = self.make_file("fast.bin", 1000, seed=3)
+        self.fake.inject("storage", wrong_etag=True)
+        f = self.client(checksum=False).upload(path)
+        # One PUT, no comparison: storage holds the damaged bytes, and the
+        # client could not know. That is what checksum=False gives up.
+        self.assertEqual(len(_reliab_puts(self.fake)), 1)
+        stored = self.fake.files[f.id]
+        self.assertTrue(stored.uploaded)
+        self.assertNotEqual(stored.data, data)
+
+    def test_a_part_with_a_wrong_etag_is_sent_again_and_the_object_is_byte_exact(self) -> None:
+        path, data = self.make_file("mp.bin", 11 * MiB, seed=4)
+        self.fake.inject("storage", wrong_etag=True)
+        f = self.client(multipart_threshold=6 * MiB).upload(path)
+        self.assertTrue(f.multipart)
+        self.assertEqual(len(_reliab_puts(self.fake)), 4)       # 3 parts, one sent twice
+        self.assertEqual(self.fake.files[f.id].data, data)
+
+    def _grow_on_first_progress(self, path: str) -> Callable[[str, int, int], None]:
+        grown = threading.Event()
+
+        def progress(name: str, sent: int, total: int) -> None:
+            if sent > 0 and not grown.is_set():
+                grown.set()
+                with open(path, "ab") as f:
+                    f.write(b"appended while uploading")
+
+        return progress
+
+    def test_file_that_grows_while_uploaded_is_not_confirmed(self) -> None:
+        path, _ = self.make_file("log.txt", 3 * MiB, seed=5)
+        with self.assertRaises(fileslink.SourceChangedError) as cm:
+            self.client().upload(path, progress=self._grow_on_first_progress(path))
+        self.assertIsInstance(cm.exception, fileslink.TransferError)
+        self.assertIn("log.txt", str(cm.exception))
+        self.assertIn("changed", str(cm.exception))
+        self.assertEqual(self.fake.api_calls("confirm"), [])
+        self.assertFalse(any(f.uploaded for f in self.fake.files.values()))
+
+    def test_file_that_grows_during_a_multipart_upload_is_aborted_not_completed(self) -> None:
+        path, _ = self.make_file("video.bin", 11 * MiB, seed=6)
+        client = self.client(multipart_threshold=6 * MiB)
+        with self.assertRaises(fileslink.SourceChangedError):
+            client.upload(path, progress=self._grow_on_first_progress(path))
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+        self.assertEqual(self.fake.api_calls("complete"), [])
+        self.assertFalse(any(f.uploaded for f in self.fake.files.values()))
+
+    def test_file_that_grows_in_upload_many_fails_alone(self) -> None:
+        paths = [self.make_file("m%d.bin" % i, 100 * 1024, seed=10 + i)[0] for i in range(3)]
+        grown = threading.Event()
+
+        def progress(name: str, sent: int, total: int) -> None:
+            if name == "m1.bin" and not grown.is_set():
+                grown.set()
+                with open(paths[1], "ab") as f:
+                    f.write(b"more")
+
+        with self.assertRaises(fileslink.UploadManyError) as cm:
+            self.client().upload_many(paths, progress=progress)
+        e = cm.exception
+        self.assertEqual([(i, n) for i, n, _ in e.failures], [(1, "m1.bin")])
+        self.assertIsInstance(e.failures[0][2], fileslink.SourceChangedError)
+        self.assertEqual([f.name for f in e.uploaded], ["m0.bin", "m2.bin"])
+        uploaded = sorted(f.name for f in self.fake.files.values() if f.uploaded)
+        self.assertEqual(uploaded, ["m0.bin", "m2.bin"])
+
+
+# ---------------------------------------------------------------------------
+# Rate limits
+# ---------------------------------------------------------------------------
+
+class TestReliabRateLimit(TestReliabCase):
+
+    fake_options = {"rate_limit": (5, 2)}
+
+    def _429s(self) -> int:
+        return sum(1 for r in self.fake.api_calls() if r.status == 429)
+
+    def test_forty_files_under_five_calls_per_two_seconds_wait_instead_of_hammering(self) -> None:
+        paths = [self.make_file("r%02d.txt" % i, 100 + i, seed=i)[0] for i in range(40)]
+        files = self.client(batch_size=10).upload_many(paths)
+        self.assertEqual(len(files), 40)
+        self.assertTrue(all(self.fake.files[f.id].uploaded for f in files))
+        calls = self.fake.api_calls()
+        self.assertGreater(len(calls), 5, "the budget must be spent for the test to mean anything")
+        # The ratelimit headers say when the budget is spent; a client that
+        # waits for the window sees no 429 at all here (one calling on into
+        # the limit and obeying Retry-After would see one per window).
+        self.assertEqual(self._429s(), 0)
+
+    def test_two_threads_sharing_a_client_share_its_budget(self) -> None:
+        client = self.client(batch_size=5)
+        results: Dict[int, Any] = {}
+
+        def run(t: int) -> None:
+            items = [("t%d-%02d.txt" % (t, i), b"x" * (i + 1)) for i in range(10)]
+            try:
+                results[t] = client.upload_many(items)
+            except BaseException as e:  # reported by the main thread
+                results[t] = e
+
+        threads = [threading.Thread(target=run, args=(t,)) for t in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        self.assertEqual([len(results[t]) for t in range(2)], [10, 10], results)
+        self.assertEqual(sum(1 for f in self.fake.files.values() if f.uploaded), 20)
+        self.assertLessEqual(self._429s(), 2)
+
+
+class TestReliabRetryAfter(TestReliabCase):
+
+    def test_retry_after_is_waited_out_instead_of_the_backoff(self) -> None:
+        client = self.client()
+        for plane, status in (("api", 429), ("api", 503), ("storage", 503)):
+            with self.subTest(plane=plane, status=status):
+                before = len(self.fake.log)
+                self.fake.inject(plane, status=status, headers={"Retry-After": "1"})
+                started = time.monotonic()
+                f = client.upload(b"hello", name="hello.txt")
+                took = time.monotonic() - started
+                # The computed backoff alone would be under 0.05 s.
+                self.assertGreaterEqual(took, 0.9)
+                self.assertLess(took, 3)
+                self.assertTrue(self.fake.files[f.id].uploaded)
+                statuses = [r.status for r in self.fake.log[before:] if r.plane == plane]
+                self.assertEqual(statuses[:2], [status, 200])
+
+
+# ---------------------------------------------------------------------------
+# Stalls and expired URLs
+# ---------------------------------------------------------------------------
+
+class TestReliabStalls(TestReliabCase):
+
+    def test_a_put_stalled_for_good_fails_in_bounded_time(self) -> None:
+        self.fake.inject("storage", delay=10, times=2)
+        client = self.client(timeout=0.5, retry=_reliab_fast_retry(2))
+        started = time.monotonic()
+        with self.assertRaises(fileslink.TransferError) as cm:
+            client.upload(b"x" * 1000, name="slow.bin")
+        self.assertLess(time.monotonic() - started, 3)
+        self.assertIn("timed out", str(cm.exception))
+        self.assertEqual(len(_reliab_puts(self.fake)), 2)
+        self.assertEqual(self.fake.api_calls("confirm"), [])
+
+    def test_an_api_call_stalled_for_good_fails_in_bounded_time(self) -> None:
+        self.fake.inject("api", delay=10, times=2)
+        client = self.client(timeout=0.5, retry=_reliab_fast_retry(2))
+        started = time.monotonic()
+        with self.assertRaises(fileslink.APIError) as cm:
+            client.upload(b"x" * 1000, name="slow.bin")
+        self.assertLess(time.monotonic() - started, 3)
+        self.assertIsNone(cm.exception.status)
+
+    def test_a_transient_stall_is_retried_and_the_upload_succeeds(self) -> None:
+        path, data = self.make_file("stall.bin", 2 * MiB, seed=7)
+        self.fake.inject("storage", delay=1.5)
+        started = time.monotonic()
+        f = self.client(timeout=0.5, retry=_reliab_fast_retry(2)).upload(path)
+        self.assertLess(time.monotonic() - started, 1.5)
+        self.assertEqual(len(_reliab_puts(self.fake)), 2)
+        self.assertEqual(self.fake.files[f.id].data, data)
+
+    def test_an_expired_url_is_presigned_again_and_the_upload_succeeds(self) -> None:
+        path, data = self.make_file("late.bin", 5000, seed=8)
+        self.fake.inject("storage", expire=True)
+        f = self.client().upload(path)
+        self.assertEqual(len(self.fake.api_calls("/v1/files/" + self.fake.folder_id)), 2)
+        self.assertEqual(self.fake.files[f.id].data, data)
+        self.assertEqual([x.uploaded for x in self.fake.files.values()], [False, True])
+
+    def test_a_url_that_keeps_expiring_gives_up_after_a_bounded_number_of_presigns(self) -> None:
+        self.fake.inject("storage", expire=True, times=10)
+        with self.assertRaises(fileslink.TransferError) as cm:
+            self.client().upload(b"x" * 100, name="late.bin")
+        self.assertIn("expir", str(cm.exception))
+        self.assertEqual(cm.exception.status, 403)
+        self.assertEqual(len(self.fake.api_calls("/v1/files/" + self.fake.folder_id)), 3)
+        self.assertEqual(self.fake.api_calls("confirm"), [])
+
+
+def _reliab_cli(argv: List[str]) -> Tuple[int, str, str]:
+    """fileslink.main(argv) with stdout and stderr captured: (status, out, err)."""
+    import contextlib
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = fileslink.main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# Multipart with small parts: abort, cancel, stopping the workers
+# ---------------------------------------------------------------------------
+
+_RELIAB_PART = 64 * 1024
+
+
+class TestReliabAbort(TestReliabCase):
+    """A fake that takes 64 KiB parts, so a 2 MiB file is 32 parts: cheap."""
+
+    fake_options = {"min_part_size": _RELIAB_PART, "part_size": _RELIAB_PART}
+
+    def client(self, **kw: Any) -> "fileslink.Client":
+        kw.setdefault("multipart_threshold", 4 * _RELIAB_PART)
+        return super().client(**kw)
+
+    def test_a_part_failing_for_good_never_stalls_the_run(self) -> None:
+        # Regression: a part cancelled before a worker took it was never
+        # counted out of the queue, and the coordinator could spin forever
+        # (in about one run in four). Several rounds, each bounded in time.
+        client = self.client(max_workers=2)
+        data = bytes(32 * _RELIAB_PART)
+        for i in range(30):
+            name = "stall%02d.bin" % i
+            self.fake.inject("storage", status=400, path_contains="/" + name)
+            with self.assertRaises(fileslink.TransferError):
+                _reliab_bounded(self, lambda n=name: client.upload(data, name=n), 5)
+        self.assertEqual({u.state for u in self.fake.multipart.values()}, {"aborted"})
+        _reliab_join_workers(self)
+
+    def test_an_expired_part_url_aborts_the_multipart_upload(self) -> None:
+        path, _ = self.make_file("parts.bin", 8 * _RELIAB_PART, seed=10)
+        self.fake.inject("storage", expire=True)
+        with self.assertRaises(fileslink.TransferError) as cm:
+            self.client(max_workers=2).upload(path)
+        self.assertEqual(cm.exception.status, 403)
+        self.assertIn("expired", str(cm.exception))
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+        self.assertEqual(self.fake.api_calls("complete"), [])
+        _reliab_join_workers(self)
+
+    def test_system_exit_during_a_multipart_upload_aborts_it(self) -> None:
+        path, _ = self.make_file("parts.bin", 32 * _RELIAB_PART, seed=11)
+        # One part hangs (the client's timeout is 5 s), so the multipart upload
+        # is still running when the small file's on_file raises SystemExit.
+        self.fake.inject("storage", delay=5, path_contains="parts.bin")
+        calls: List[int] = []
+
+        def on_file(index: int, result: Any) -> None:
+            calls.append(index)
+            raise SystemExit(3)
+
+        started = time.monotonic()
+        with self.assertRaises(SystemExit):
+            self.client(max_workers=4).upload_many([path, ("small.txt", b"small")],
+                                                   on_file=on_file)
+        self.assertLess(time.monotonic() - started, 2.5)
+        self.assertEqual(calls, [1])
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+        upload = next(iter(self.fake.multipart.values()))
+        self.assertFalse(self.fake.files[upload.file_id].uploaded)
+        _reliab_join_workers(self)
+
+    def test_ctrl_c_during_a_multipart_upload_aborts_it_within_two_seconds(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            self.skipTest("signals go to the main thread")
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            self.skipTest("SIGINT is handled by the test runner (unittest -c?)")
+        path, _ = self.make_file("parts.bin", 32 * _RELIAB_PART, seed=12)
+        self.fake.inject("storage", delay=5)         # the upload cannot end by itself
+        sent: List[float] = []
+
+        def progress(name: str, done: int, total: int) -> None:
+            if not sent:                              # a real Ctrl-C, to the main thread
+                sent.append(time.monotonic())
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        with self.assertRaises(KeyboardInterrupt):
+            self.client(max_workers=4).upload(path, progress=progress)
+        self.assertLess(time.monotonic() - sent[0], 2)
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+        self.assertEqual(self.fake.api_calls("complete"), [])
+        _reliab_join_workers(self)
+
+    def test_ctrl_c_in_the_cli_aborts_prints_one_line_and_exits_130(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            self.skipTest("signals go to the main thread")
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            self.skipTest("SIGINT is handled by the test runner (unittest -c?)")
+        path, _ = self.make_file("parts.bin", 32 * _RELIAB_PART, seed=13)
+        os.environ.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.fake.base_url)
+        self.fake.inject("storage", delay=5)         # the upload cannot end by itself
+        sent: List[float] = []
+
+        def on_request(req: Any) -> None:            # the fake's hook: the first part is in
+            if req.plane == "storage" and not sent:
+                sent.append(time.monotonic())
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        self.fake.on_request = on_request
+        code, out, err = _reliab_cli(["upload", path, "--threshold", "256K", "--workers", "4"])
+        self.assertLess(time.monotonic() - sent[0], 2)
+        self.assertEqual(code, 130)
+        self.assertEqual(out, "")
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+        _reliab_join_workers(self)
+        # One line, and no "N files, ... in X s" summary as if the run had ended.
+        lines = [line for line in err.splitlines() if line.strip()]
+        self.assertEqual(len(lines), 1, err)
+        self.assertIn("interrupted", lines[0])
+
+
+class TestReliabPartFailure(TestReliabCase):
+    """64 KiB parts, and 20 ms of latency per request: the failure is known
+    long before the other worker could send many more parts (without the
+    latency, a thread starved by a busy machine makes the count flaky)."""
+
+    fake_options = {"min_part_size": _RELIAB_PART, "part_size": _RELIAB_PART, "latency": 0.02}
+
+    def test_workers_stop_taking_parts_once_one_fails_for_good(self) -> None:
+        path, _ = self.make_file("parts.bin", 32 * _RELIAB_PART, seed=9)
+        self.fake.inject("storage", status=400)       # not retryable: fails for good
+        client = self.client(max_workers=2, multipart_threshold=4 * _RELIAB_PART)
+        with self.assertRaises(fileslink.TransferError) as cm:
+            _reliab_bounded(self, lambda: client.upload(path))
+        self.assertEqual(cm.exception.status, 400)
+        self.assertIsNotNone(cm.exception.part)
+        puts = len(_reliab_puts(self.fake))
+        # What was running or queued when the failure was seen (2 workers,
+        # one task queued behind each), not the 32 parts.
+        self.assertLessEqual(puts, 8, "%d PUTs: parts kept going after one failed for good" % puts)
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+        _reliab_join_workers(self)
+
+
+# ---------------------------------------------------------------------------
+# upload_many: one bad file does not lose the others
+# ---------------------------------------------------------------------------
+
+class TestReliabUploadMany(TestReliabCase):
+
+    def test_partial_failure_names_each_failed_source_and_keeps_the_others(self) -> None:
+        sources: List[Any] = []
+        data: Dict[int, bytes] = {}
+        for i in range(10):
+            name = "bad.bin" if i == 6 else "ok%d.bin" % i
+            path, data[i] = self.make_file(name, 1000 + i, seed=i)
+            sources.append(path)
+        sources[3] = os.path.join(self.tmp, "missing.bin")
+        self.fake.inject("storage", status=500, times=3, path_contains="/bad.bin")
+        calls: List[int] = []
+        with self.assertRaises(fileslink.UploadManyError) as cm:
+            self.client().upload_many(sources, on_file=lambda i, r: calls.append(i))
+        e = cm.exception
+        self.assertIsInstance(e, fileslink.FilesLinkError)
+        text = str(e)
+        for fragment in ("missing.bin", "No such file", "bad.bin", "500"):
+            self.assertIn(fragment, text)
+        self.assertEqual([i for i, _, _ in e.failures], [3, 6])
+        self.assertIsInstance(e.failures[0][2], FileNotFoundError)
+        self.assertIsInstance(e.failures[1][2], fileslink.TransferError)
+        self.assertEqual(e.failures[1][2].status, 500)
+        self.assertEqual(len(e.results), 10)
+        self.assertIs(e.results[3], e.failures[0][2])
+        self.assertIs(e.results[6], e.failures[1][2])
+        good = [i for i in range(10) if i not in (3, 6)]
+        self.assertEqual([r.name for r in e.uploaded], ["ok%d.bin" % i for i in good])
+        self.assertEqual([e.results[i] for i in good], e.uploaded)
+        for i in good:
+            stored = self.fake.files[e.results[i].id]
+            self.assertEqual((stored.uploaded, stored.data == data[i]), (True, True), i)
+        self.assertEqual(sorted(calls), list(range(10)))
+
+
+# ---------------------------------------------------------------------------
+# Security
+# ---------------------------------------------------------------------------
+
+class TestReliabSecurity(TestReliabCase):
+
+    def test_api_redirects_are_not_followed_so_the_key_stays_home(self) -> None:
+        recorder, seen = _reliab_recorder(self)
+        client = self.client()
+        for status in (301, 302, 303, 307, 308):
+            with self.subTest(status=status):
+                self.fake.clear_faults()
+                location = recorder + "/v1/files/" + self.fake.folder_id
+                self.fake.inject("api", status=status, headers={"Location": location})
+                with self.assertRaises(fileslink.APIError) as cm:
+                    client.upload(b"secret bytes", name="r.bin")
+                self.assertEqual(cm.exception.status, status)
+                self.assertIn("redirect", str(cm.exception))
+                self.assertEqual(seen, [])
+
+    def test_puts_carry_no_authorization_and_api_calls_carry_the_key(self) -> None:
+        path, _ = self.make_file("big.bin", 11 * MiB, seed=13)
+        client = self.client(multipart_threshold=6 * MiB)
+        client.upload(b"hello", name="hello.txt")
+        client.upload_many([path, ("b.txt", b"b")])
+        storage = [r for r in self.fake.log if r.plane == "storage"]
+        self.assertEqual(len(storage), 5)
+        self.assertEqual([r for r in storage if "authorization" in r.headers], [])
+        keys = {r.headers.get("authorization") for r in self.fake.log if r.plane == "api"}
+        self.assertEqual(keys, {self.fake.api_key})
+
+    def _bad_urls(self, port: int) -> List[Tuple[str, str]]:
+        missing = os.path.join(self.tmp, "never-created")
+        return [
+            ("file", "file://" + missing),
+            ("file passwd", "file:///etc/passwd"),
+            ("ftp", "ftp://127.0.0.1:%d/bucket/key" % port),
+            ("data", "data:application/octet-stream;base64,AAAA"),
+            ("no host", "http:///bucket/key?X-Amz-Signature=abc"),
+            ("empty host with port", "http://:%d/bucket/key" % port),
+            ("scheme-relative", "//127.0.0.1:%d/bucket/key" % port),
+            ("header injection", "http://127.0.0.1:%d/k?a=1\r\nX-Evil: 1" % port),
+        ]
+
+    def test_presigned_url_that_is_not_http_with_a_host_is_refused_before_any_io(self) -> None:
+        # The fake's presign answer is replaced by a scripted one (inject with
+        # status 200 and a JSON body): the URL reaches the client exactly as a
+        # hostile or broken service would send it, through a real socket.
+        port, was_connected = _reliab_listener(self)
+        client = self.client()
+        presign = "/v1/files/" + self.fake.folder_id
+        for label, url in self._bad_urls(port):
+            with self.subTest(label):
+                self.fake.clear_faults()
+                before = len(self.fake.log)
+                self.fake.inject("api", status=200, path_contains=presign, body={
+                    "success": True, "urls": [{"id": "file-1", "url": url, "s3Key": "k/file-1"}]})
+                with self.assertRaises(fileslink.ProtocolError):
+                    client.upload(b"secret bytes", name="x.bin")
+                # The presign, and nothing else: no PUT, no confirm.
+                self.assertEqual([r.path for r in self.fake.log[before:]], [presign])
+                self.assertFalse(was_connected())
+                self.assertFalse(os.path.exists(os.path.join(self.tmp, "never-created")))
+
+    def test_part_url_that_is_not_http_with_a_host_is_refused_before_any_io(self) -> None:
+        port, was_connected = _reliab_listener(self)
+        path, _ = self.make_file("big.bin", 11 * MiB, seed=14)
+        client = self.client(multipart_threshold=6 * MiB)
+        for label, url in self._bad_urls(port):
+            with self.subTest(label):
+                def transform(d: dict, url: str = url) -> dict:
+                    d["parts"][-1]["url"] = url
+                    return d
+                self.fake.initiate_transform = transform
+                with self.assertRaises(fileslink.ProtocolError):
+                    client.upload(path)
+                self.assertEqual(_reliab_puts(self.fake), [])
+                self.assertFalse(was_connected())
+
+    def test_refused_part_url_does_not_leave_the_multipart_upload_open(self) -> None:
+        path, _ = self.make_file("big.bin", 11 * MiB, seed=15)
+
+        def transform(d: dict) -> dict:
+            d["parts"][-1]["url"] = "file:///etc/passwd"
+            return d
+
+        self.fake.initiate_transform = transform
+        with self.assertRaises(fileslink.ProtocolError):
+            self.client(multipart_threshold=6 * MiB).upload(path)
+        # The client was given an upload id: it must abort what it will not complete.
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+
+    def test_plain_http_presigned_url_is_refused_unless_base_is_http_loopback(self) -> None:
+        # Needs no network: the check runs on the URL alone, before any I/O.
+        url = "http://storage.example.com/bucket/key?X-Amz-Signature=abc"
+        tls = fileslink.Client(api_key="k", base_url="https://api.files.link")
+        with self.assertRaises(fileslink.ProtocolError) as cm:
+            tls._check_presigned(url)
+        self.assertIn("unencrypted", str(cm.exception))
+        self.assertNotIn("abc", str(cm.exception))
+        tls._check_presigned(url.replace("http:", "https:"))
+        fileslink.Client(api_key="k", base_url=self.fake.base_url)._check_presigned(url)
+        fileslink.Client(api_key="k", base_url="http://files.example.com",
+                         allow_insecure=True)._check_presigned(url)
+
+    def test_plain_http_base_url_is_refused_except_to_loopback_or_when_allowed(self) -> None:
+        for base in ("http://example.com", "http://10.0.0.1:8080", "http://api.files.link"):
+            with self.subTest(base):
+                with self.assertRaises(fileslink.ConfigError) as cm:
+                    fileslink.Client(api_key="k", base_url=base)
+                self.assertIn("allow_insecure", str(cm.exception))
+                client = fileslink.Client(api_key="k", base_url=base, allow_insecure=True)
+                self.assertEqual(client.base_url, base)
+        for base in ("http://127.0.0.1:1", "http://localhost:8080", "http://[::1]:9",
+                     "https://api.files.link"):
+            with self.subTest(base):
+                self.assertEqual(fileslink.Client(api_key="k", base_url=base).base_url, base)
+        for base in ("ftp://api.files.link", "file:///tmp/x", "https://", "api.files.link"):
+            with self.subTest(base):
+                with self.assertRaises(fileslink.ConfigError):
+                    fileslink.Client(api_key="k", base_url=base)
+        self.assertEqual(self.fake.log, [])
+
+    def test_the_key_is_in_no_error_text_even_when_a_server_echoes_it(self) -> None:
+        key = self.fake.api_key
+        echo = "Invalid API key: %s (Authorization: %s)" % (key, key)
+        cases: List[Tuple[str, Callable[[], Any], type]] = [
+            ("401 echoed", lambda: self.fake.inject("api", status=401, body={
+                "success": False, "message": echo}), fileslink.AuthError),
+            ("400 echoed", lambda: self.fake.inject("api", status=400, body={
+                "success": False, "message": echo}), fileslink.APIError),
+            ("200 success false echoed", lambda: self.fake.inject("api", status=200, body={
+                "success": False, "message": echo}), fileslink.APIError),
+            ("502 page echoed", lambda: self.fake.inject("api", status=502, times=3,
+                                                          body="<html>" + echo + "</html>"),
+             fileslink.APIError),
+            ("200 not JSON echoed", lambda: self.fake.inject("api", status=200,
+                                                              body="<html>" + echo),
+             fileslink.ProtocolError),
+        ]
+        client = self.client()
+        for label, arrange, cls in cases:
+            with self.subTest(label):
+                self.fake.clear_faults()
+                arrange()
+                with self.assertRaises(cls) as cm:
+                    client.upload(b"data", name="a.bin")
+                self.assertNotIn(key, _reliab_exception_text(cm.exception))
+        with self.subTest("wrong key, 401"):
+            wrong = "fl_live_wrong_key_0000"
+            with self.assertRaises(fileslink.AuthError) as cm:
+                self.client(api_key=wrong).upload(b"data", name="a.bin")
+            self.assertNotIn(wrong, _reliab_exception_text(cm.exception))
+        with self.subTest("connection refused"):
+            down = self.client(base_url="http://127.0.0.1:%d" % _reliab_closed_port(),
+                               retry=_reliab_fast_retry(2))
+            with self.assertRaises(fileslink.APIError) as cm:
+                down.upload(b"data", name="a.bin")
+            self.assertIsNone(cm.exception.status)
+            self.assertNotIn(key, _reliab_exception_text(cm.exception))
+        self.assertNotIn(key, repr(client))
+        self.assertNotIn(key, str(client))
+
+    def test_the_key_is_in_no_cli_output_even_at_debug_verbosity(self) -> None:
+        key = self.fake.api_key
+        os.environ.update(FILESLINK_KEY=key, FILESLINK_BASE_URL=self.fake.base_url)
+        path, _ = self.make_file("a.txt", 1000)
+        self.fake.inject("api", status=503, headers={"Retry-After": "0"})
+        self.fake.inject("storage", status=500)
+        code, out, err = _reliab_cli(["upload", path, "-vv", "--json"])
+        self.assertEqual(code, 0, err)
+        self.assertIn("try 2", err)                   # -vv did log, retries included
+        echo = {"success": False, "message": "Invalid API key: " + key}
+        self.fake.inject("api", status=401, body=echo)
+        code2, out2, err2 = _reliab_cli(["upload", path, "-vv"])
+        self.assertEqual(code2, 1)
+        self.assertIn("401", err2)
+        self.fake.inject("api", status=200, body=echo)
+        code3, out3, err3 = _reliab_cli(["ls", self.fake.folder_id, "-vv"])
+        self.assertEqual(code3, 1)
+        signatures = {r.query["X-Amz-Signature"] for r in self.fake.log
+                      if "X-Amz-Signature" in r.query}
+        for text in (out, err, out2, err2, out3, err3):
+            self.assertNotIn(key, text)
+            for sig in signatures:
+                self.assertNotIn(sig, text)
+
+    def test_neither_the_key_nor_a_signature_is_logged_at_debug(self) -> None:
+        records: List[logging.LogRecord] = []
+
+        class Capture(logging.Handler):
+            def emit(self, record: logging.LogRecord) -> None:
+                records.append(record)
+
+        logger = logging.getLogger("fileslink")
+        handler = Capture(logging.DEBUG)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+        old_level = logger.level
+        logger.addHandler(handler)
+        logger.setLevel(logging.DEBUG)
+        self.addCleanup(logger.setLevel, old_level)
+        self.addCleanup(logger.removeHandler, handler)
+
+        path, _ = self.make_file("big.bin", 11 * MiB, seed=16)
+        client = self.client(multipart_threshold=6 * MiB)
+        # A full run with retries of every kind, an expired URL, a failure.
+        self.fake.inject("api", status=503, headers={"Retry-After": "0"})
+        self.fake.inject("storage", status=500)
+        self.fake.inject("storage", wrong_etag=True)
+        self.fake.inject("storage", reset_after=10)
+        self.fake.inject("storage", expire=True)
+        client.upload(b"hello", name="hello.txt")
+        _reliab_results(lambda: client.upload_many(
+            [path, ("b.txt", b"b"), os.path.join(self.tmp, "missing")]))
+        self.fake.inject("storage", status=500, times=3)
+        with self.assertRaises(fileslink.TransferError) as cm:
+            client.upload(b"last", name="last.txt")
+        texts = [handler.format(r) for r in records]
+        self.assertTrue(any("try 2" in t for t in texts), "no retry was logged: %s" % texts)
+        signatures = {r.query["X-Amz-Signature"] for r in self.fake.log
+                      if r.plane == "storage" and "X-Amz-Signature" in r.query}
+        self.assertGreater(len(signatures), 3)
+        for text in texts + [_reliab_exception_text(cm.exception)]:
+            self.assertNotIn(self.fake.api_key, text)
+            self.assertNotIn("X-Amz-", text)
+            for sig in signatures:
+                self.assertNotIn(sig, text)
+
+    def test_a_storage_error_page_echoing_the_url_does_not_reveal_its_signature(self) -> None:
+        # A proxy or a careless storage gateway may echo the request line.
+        url = (self.fake.storage_url + "/fileslink-fake/k/file-1?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+               "&X-Amz-Signature=5ec2e7516a7c0ffee")
+        self.fake.inject("api", status=200, path_contains="/v1/files/" + self.fake.folder_id,
+                         body={"success": True, "urls": [
+                             {"id": "file-1", "url": url, "s3Key": "k/file-1"}]})
+        self.fake.inject("storage", status=400, body="Bad Request: PUT " + url)
+        with self.assertRaises(fileslink.TransferError) as cm:
+            self.client().upload(b"data", name="a.bin")
+        self.assertEqual(cm.exception.status, 400)
+        self.assertNotIn("5ec2e7516a7c0ffee", _reliab_exception_text(cm.exception))
+
+    def test_a_huge_error_body_is_capped(self) -> None:
+        self.fake.inject("api", status=400, body=b"E" * (10 * MiB))
+        started = time.monotonic()
+        with self.assertRaises(fileslink.APIError) as cm:
+            self.client().upload(b"data", name="a.bin")
+        self.assertLess(time.monotonic() - started, 2)
+        self.assertEqual(cm.exception.status, 400)
+        self.assertLessEqual(len(cm.exception.body), 64 * 1024)
+        self.assertLess(len(str(cm.exception)), 1000)
+
+    def test_an_etag_with_control_characters_is_refused(self) -> None:
+        for etag in ('"0123456789abcdef0123456789abcdef"\x01', '"abc\x7fdef"', '"a\tb"'):
+            with self.subTest(repr(etag)):
+                self.fake.clear_faults()
+                self.fake.inject("storage", status=200, body=b"", headers={"ETag": etag})
+                with self.assertRaises(fileslink.ProtocolError) as cm:
+                    self.client().upload(b"data", name="a.bin")
+                self.assertNotIn(etag, str(cm.exception))
+        self.assertEqual(self.fake.api_calls("confirm"), [])
+
+    def test_a_name_with_control_characters_is_refused(self) -> None:
+        for name in ("a\nb.txt", "a\rb.txt", "nul\x00.txt", "esc\x1b[31m.txt", "del\x7f.txt", ""):
+            with self.subTest(repr(name)):
+                with self.assertRaises(fileslink.ConfigError) as cm:
+                    self.client().upload(b"data", name=name)
+                self.assertIn("name", str(cm.exception))
+        self.assertEqual(self.fake.log, [])
+
+    def test_file_names_from_disk_are_cleaned_and_slashes_in_name_are_kept(self) -> None:
+        # Observed and documented behaviour:
+        # - a name on disk with undecodable bytes or control characters is
+        #   uploaded with U+FFFD for each bad byte and "_" for each control;
+        # - name= with "/" is kept as given (the CLI names a directory's files
+        #   "sub/dir/file"); the service decides what a slash means.
+        raw = os.path.join(os.fsencode(self.tmp), b"bad\xffname\x01.txt")
+        with open(raw, "wb") as f:
+            f.write(b"odd")
+        client = self.client()
+        got = client.upload(os.fsdecode(raw))
+        self.assertEqual(got.name, "bad\ufffdname_.txt")
+        self.assertEqual(self.fake.files[got.id].name, "bad\ufffdname_.txt")
+        self.assertEqual(self.fake.files[got.id].data, b"odd")
+        nested = client.upload(b"x", name="photos/2024/a.jpg")
+        self.assertEqual((nested.name, nested.mime_type), ("photos/2024/a.jpg", "image/jpeg"))
+        self.assertEqual(self.fake.files[nested.id].name, "photos/2024/a.jpg")
+
+
+# ---------------------------------------------------------------------------
+# The table of bad inputs
+# ---------------------------------------------------------------------------
+
+class TestReliabBadInput(TestReliabCase):
+
+    def test_bad_inputs_raise_the_documented_error_with_a_useful_message(self) -> None:
+        fake, folder = self.fake, self.fake.folder_id
+        client = self.client()
+        missing = os.path.join(self.tmp, "missing.bin")
+        unreadable, _ = self.make_file("secret.bin", 10)
+        os.chmod(unreadable, 0)
+        empty, _ = self.make_file("empty.bin", 0)
+        read_end, write_end = os.pipe()
+        pipe = open(read_end, "rb")
+        self.addCleanup(pipe.close)
+        self.addCleanup(os.close, write_end)
+
+        def up(source: Any = b"data", **kw: Any) -> Callable[[], Any]:
+            kw.setdefault("name", None if not isinstance(source, bytes) else "a.bin")
+            return lambda: client.upload(source, **kw)
+
+        def inject(**kw: Any) -> Callable[[], None]:
+            return lambda: fake.inject("api", **kw)
+
+        def nothing() -> None:
+            pass
+
+        def capped(e: Any) -> None:
+            self.assertLessEqual(len(e.body), 64 * 1024)
+
+        def html_body(e: Any) -> None:
+            self.assertEqual(e.status, 502)
+            self.assertTrue(e.body.startswith("<!DOCTYPE html>"))
+
+        def all_protocol(e: Any) -> None:
+            for _, _, cause in e.failures:
+                self.assertIsInstance(cause, fileslink.ProtocolError)
+
+        def status(n: int) -> Callable[[Any], None]:
+            return lambda e: self.assertEqual(e.status, n)
+
+        one_url = {"success": True, "urls": [{"id": "f1", "url": fake.storage_url + "/b/k?x=1",
+                                              "s3Key": "k"}]}
+        # (label, arrange, act, error class or None for success, fragment, extra check, offline)
+        rows: List[Tuple[str, Callable[[], None], Callable[[], Any], Optional[type], str,
+                         Optional[Callable[[Any], None]], bool]] = [
+            ("missing file", nothing, up(missing), FileNotFoundError, "missing.bin", None, True),
+            ("directory", nothing, up(self.tmp), IsADirectoryError, "directory", None, True),
+            ("unreadable file", nothing, up(unreadable), PermissionError, "secret.bin", None, True),
+            ("empty file", nothing, up(empty), None, "", None, False),
+            ("non-seekable stream without a name", nothing, up(pipe), fileslink.ConfigError,
+             "name=", None, True),
+            ("bytes without a name", nothing, up(b"data", name=None), fileslink.ConfigError,
+             "name=", None, True),
+            ("folder id with a slash", nothing, up(folder_id="../" + folder),
+             fileslink.ConfigError, "folder id", None, True),
+            ("API key with a newline", nothing,
+             lambda: fileslink.Client(api_key=fake.api_key + "\n", base_url=fake.base_url),
+             fileslink.ConfigError, "newline", None, True),
+            ("401", nothing, lambda: self.client(api_key="fl_wrong").upload(b"d", name="a.bin"),
+             fileslink.AuthError, "Invalid API key", status(401), False),
+            ("403", inject(status=403), up(), fileslink.AuthError, "blocked", status(403), False),
+            ("404", nothing, up(folder_id="no-such-folder"), fileslink.APIError,
+             "Folder not found", status(404), False),
+            ("400 with message", inject(status=400, body={
+                "success": False, "message": "Storage limit exceeded for this plan"}), up(),
+             fileslink.APIError, "Storage limit exceeded for this plan", status(400), False),
+            ("429 exhausted", inject(status=429, headers={"Retry-After": "0"}, times=3), up(),
+             fileslink.RateLimitError, "429", status(429), False),
+            ("HTML 502 page", inject(status=502, non_json=True, times=3), up(),
+             fileslink.APIError, "502", html_body, False),
+            ("truncated JSON", inject(status=200, body='{"success": true, "urls": [{"id": "f'),
+             up(), fileslink.ProtocolError, "not a JSON object", None, False),
+            ("JSON without urls", inject(status=200, body={"success": True}), up(),
+             fileslink.ProtocolError, "`urls`", None, False),
+            ("fewer urls than files", inject(status=200, body=one_url),
+             lambda: client.upload_many([("a.bin", b"a"), ("b.bin", b"b")]),
+             fileslink.UploadManyError, "expected 2 entries", all_protocol, False),
+            ("success false on 200", inject(status=200, body={
+                "success": False, "message": "Folder is archived"}), up(),
+             fileslink.APIError, "Folder is archived", status(200), False),
+            ("10 MiB error body", inject(status=400, body=b"<" * (10 * MiB)), up(),
+             fileslink.APIError, "400", capped, False),
+        ]
+        for label, arrange, act, cls, fragment, check, offline in rows:
+            with self.subTest(label):
+                if label == "unreadable file" and hasattr(os, "geteuid") and os.geteuid() == 0:
+                    self.skipTest("root reads any file")
+                fake.clear_faults()
+                before = len(fake.log)
+                arrange()
+                if cls is None:
+                    got = act()
+                    stored = fake.files[got.id]
+                    self.assertEqual((got.size, stored.uploaded, stored.data), (0, True, b""))
+                    continue
+                with self.assertRaises(cls) as cm:
+                    act()
+                self.assertIn(fragment, str(cm.exception))
+                self.assertNotIn(fake.api_key, _reliab_exception_text(cm.exception))
+                if check is not None:
+                    check(cm.exception)
+                if offline:
+                    self.assertEqual(fake.log[before:], [], "no request before a local error")
 
 
 # ---------------------------------------------------------------------------
