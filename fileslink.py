@@ -2342,29 +2342,27 @@ def _cmd_link(client: Client, args: Any, out: Any, err: Any) -> int:
     return 0
 
 
-def _listing(value: Any) -> List[Any]:
-    if isinstance(value, dict):
-        for field in ("folders", "projects", "items", "data"):
-            if isinstance(value.get(field), list):
-                return value[field]  # type: ignore[no-any-return]
-        return [value]
-    return value if isinstance(value, list) else []
+def _print_listing(out: Any, args: Any, value: Any, id_field: str) -> int:
+    """One line (or JSON object) per project or folder of a listing."""
+    if isinstance(value, dict):  # the listing's shape is not published: look for the list
+        lists = [value[k] for k in ("folders", "projects", "items", "data")
+                 if isinstance(value.get(k), list)]
+        value = lists[0] if lists else [value]
+    for record in value if isinstance(value, list) else []:
+        if isinstance(record, dict):
+            line = "%s  %s" % (record.get("id") or record.get(id_field), record.get("title", ""))
+        else:
+            line = str(record)
+        _emit(out, args, record, line)
+    return 0
 
 
 def _cmd_folders(client: Client, args: Any, out: Any, err: Any) -> int:
-    for record in _listing(client.list_folders(args.project)):
-        ident = record.get("id") or record.get("folderId") if isinstance(record, dict) else record
-        title = record.get("title", "") if isinstance(record, dict) else ""
-        _emit(out, args, record, "%s  %s" % (ident, title))
-    return 0
+    return _print_listing(out, args, client.list_folders(args.project), "folderId")
 
 
 def _cmd_projects(client: Client, args: Any, out: Any, err: Any) -> int:
-    for record in _listing(client.list_projects(args.page)):
-        ident = record.get("id") or record.get("projectId") if isinstance(record, dict) else record
-        title = record.get("title", "") if isinstance(record, dict) else ""
-        _emit(out, args, record, "%s  %s" % (ident, title))
-    return 0
+    return _print_listing(out, args, client.list_projects(args.page), "projectId")
 
 
 _COMMANDS: Dict[str, Callable[[Client, Any, Any, Any], int]] = {
