@@ -120,8 +120,6 @@ _ENV_BASE_URL = "FILESLINK_BASE_URL"
 
 #: Bytes per socket write: 8 KiB writes (urllib's) run ~5x slower on loopback.
 _BLOCK = 1024 * 1024
-#: Bytes per sendfile() call, so progress and cancellation stay responsive.
-_SENDFILE_CHUNK = 8 * 1024 * 1024
 #: Error bodies are read up to this much; a hostile 10 MiB page is not held.
 _MAX_ERROR_BODY = 64 * 1024
 #: Successful API bodies (a listing of a big folder) are read up to this much.
@@ -581,12 +579,19 @@ class _Cancel:
         self._event = threading.Event()
         self._lock = threading.Lock()
         self._conns: Set[_Conn] = set()
-        self._children: List[_Cancel] = []
+        self._children: Set[_Cancel] = set()
+        self._parent = parent
         if parent is not None:
             with parent._lock:
-                parent._children.append(self)
+                parent._children.add(self)
             if parent.is_set():
                 self.set()
+
+    def detach(self) -> None:
+        """Leave the parent: a finished job must not be kept alive by its run."""
+        if self._parent is not None:
+            with self._parent._lock:
+                self._parent._children.discard(self)
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -876,10 +881,6 @@ class _Source:
         """The bytes themselves, when they are in memory (no copy)."""
         return None
 
-    def sendfile_handle(self) -> Optional[Any]:
-        """A real file to hand to socket.sendfile, if there is one."""
-        return None
-
     def check_unchanged(self) -> None:
         """Raise SourceChangedError if the data changed since it was opened."""
 
@@ -913,9 +914,6 @@ class _PathSource(_Source):
         with self._lock:  # no positional read here: one shared file position
             self._file.seek(offset)
             return self._file.readinto(buf) or 0
-
-    def sendfile_handle(self) -> Any:
-        return self._file
 
     def check_unchanged(self) -> None:
         st = os.fstat(self._file.fileno())
@@ -1079,11 +1077,9 @@ class _Payload:
             self.progress(-self.sent)
             self.sent = 0
         self.md5 = _md5() if self.checksum else None
+        # Large blocks through sendall, not sendfile: measured on loopback,
+        # 1 MiB writes beat socket.sendfile (3460 vs 2784 MiB/s per stream).
         sock = conn.sock  # connected by endheaders()
-        handle = self.source.sendfile_handle() if self.md5 is None else None
-        if handle is not None and type(sock) is socket.socket and hasattr(os, "sendfile"):
-            self._sendfile(sock, handle)
-            return
         view = self.source.view(self.offset, self.length)
         buf = None if view is not None else memoryview(bytearray(min(_BLOCK, self.length)))
         while self.sent < self.length:
@@ -1103,17 +1099,6 @@ class _Payload:
             sock.sendall(chunk)
             self.sent += len(chunk)
             self.progress(len(chunk))
-
-    def _sendfile(self, sock: socket.socket, handle: Any) -> None:
-        while self.sent < self.length:
-            self.cancel.check()
-            want = min(_SENDFILE_CHUNK, self.length - self.sent)
-            n = sock.sendfile(handle, self.offset + self.sent, want)
-            if n <= 0:
-                raise SourceChangedError("%s ended early: it was truncated while being uploaded"
-                                         % self.source.name)
-            self.sent += n
-            self.progress(n)
 
     def hexdigest(self) -> Optional[str]:
         return None if self.md5 is None else str(self.md5.hexdigest())
@@ -1472,6 +1457,7 @@ class _Run:
         if isinstance(outcome, BaseException) and job.error is None:
             job.error = outcome
         job.source.close()
+        job.cancel.detach()
         self.live.discard(job)
         self._record(job.index, job.source.name, outcome)
 
