@@ -234,7 +234,7 @@ def medians(runs):
             continue
         m = {"n": len(ok)}
         for k in ("wall", "cpu", "proc_cpu", "rss_mib", "sink_cpu", "mibps", "bytes",
-                  "api_calls", "storage_reqs", "proc_wall"):
+                  "api_calls", "storage_reqs", "proc_wall", "files"):
             vals = [r[k] for r in ok if r.get(k) is not None]
             if vals:
                 m[k] = statistics.median(vals)
