@@ -1105,8 +1105,27 @@ class _Payload:
 
 
 # ---------------------------------------------------------------------------
-# Engine: the jobs of one upload, and the coordinator that runs them
+# API calls: the files.link calls, each retried; the only code that holds the key
 # ---------------------------------------------------------------------------
+
+_BAD_ID = re.compile(r"[/?#%\\\s\x00-\x1f\x7f]")
+
+
+def _check_id(value: Any, what: str) -> str:
+    """An id that goes into a URL path: refused rather than escaped."""
+    if not isinstance(value, str) or not value or _BAD_ID.search(value):
+        raise ConfigError("%s must be a non-empty id without '/', '?', '#', '%%', "
+                          "spaces or control characters, not %r" % (what, value))
+    return value
+
+
+def _need_str(data: Json, field: str, what: str) -> str:
+    value = data.get(field)
+    if not isinstance(value, str) or not value:
+        raise ProtocolError("%s: no `%s` in the response; keys seen: %s"
+                            % (what, field, ", ".join(sorted(data))))
+    return value
+
 
 _PLAIN_MD5 = re.compile(r'^"[0-9a-fA-F]{32}"$')
 _S3_FIELD = re.compile(r"<(Code|Message)>([^<]{0,300})</\1>")
@@ -1119,6 +1138,262 @@ def _storage_message(text: str) -> str:
         return ": ".join(v for v in (fields.get("Code"), fields.get("Message")) if v)
     return _clip(text, 200)
 
+
+class _API:
+    """The calls an upload is made of, and the one retry loop they share."""
+
+    def __init__(self, key: str, base_url: str, transport: _Transport, retry: Retry,
+                 checksum: bool, plain_ok: bool) -> None:
+        self._key, self.base_url, self._transport = key, base_url, transport
+        self.retry, self.checksum, self.plain_ok = retry, checksum, plain_ok
+        self._gate = _RateGate()
+
+    # -- the calls an upload is made of
+
+    def presign(self, folder: str, sources: Sequence[_Source],
+                 cancel: _Cancel) -> List[Tuple[str, str, str]]:
+        meta = [{"name": s.name, "size": s.size, "mimeType": s.mime_type} for s in sources]
+        path = _ROUTES["presign"].format(folder)
+        data = self.call("POST", path, {"filesMetadata": meta}, cancel=cancel)
+        urls = data.get("urls")
+        if not isinstance(urls, list) or len(urls) != len(sources):
+            raise ProtocolError("POST %s: expected %d entries in `urls`, got %s; keys seen: %s" % (
+                path, len(sources), len(urls) if isinstance(urls, list) else "none",
+                ", ".join(sorted(data))))
+        entries = []
+        for entry in urls:
+            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) \
+                    or not isinstance(entry.get("url"), str):
+                raise ProtocolError("POST %s: an entry of `urls` lacks `id` or `url`" % path)
+            self.check_presigned(entry["url"])
+            entries.append((entry["id"], entry["url"], str(entry.get("s3Key") or "")))
+        return entries
+
+    def confirm(self, ids: List[str], cancel: _Cancel) -> None:
+        self.call("POST", _ROUTES["confirm"], {"ids": ids}, cancel=cancel)
+
+    def initiate(self, folder: str, source: _Source, cancel: _Cancel) -> _Plan:
+        meta = {"name": source.name, "size": source.size, "mimeType": source.mime_type}
+        data = self.call("POST", _ROUTES["initiate"].format(folder), {"fileMetadata": meta},
+                          cancel=cancel)
+        raw = data.get("data")
+        try:
+            plan = _plan_parts(source.size, raw)
+            for url in plan.urls:
+                self.check_presigned(url)
+        except ProtocolError:
+            # An upload was opened that will not be completed: abort it if
+            # its ids can be read at all, or storage keeps billing it.
+            if isinstance(raw, dict) and isinstance(_pick(raw, "upload_id"), str):
+                ids = {"uploadId": _pick(raw, "upload_id"), "fileId": _pick(raw, "file_id"),
+                       "key": _pick(raw, "key"), "bucket": _pick(raw, "bucket")}
+                self.abort({k: v for k, v in ids.items() if v is not None})
+            raise
+        return plan
+
+    def complete(self, plan: _Plan, etags: Dict[int, str], cancel: _Cancel) -> None:
+        body = plan.ids()
+        body["parts"] = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+        self.call("POST", _ROUTES["complete"], body, cancel=cancel)
+
+    def abort(self, ids: Json, timeout: Optional[float] = None) -> None:
+        """Best effort: an unaborted multipart upload keeps storage billed."""
+        try:
+            self.call("POST", _ROUTES["abort"], ids, attempts=1 if timeout else None,
+                       timeout=timeout)
+            _log(_INFO, "aborted multipart upload %s", ids.get("uploadId"))
+        except (FilesLinkError, _Cancelled) as exc:
+            _log(_WARNING, "could not abort multipart upload %s: %s", ids.get("uploadId"), exc)
+
+    def check_presigned(self, url: str) -> None:
+        """Refuse, before any I/O, a presigned URL we must not send a file to."""
+        try:
+            parts = urllib.parse.urlsplit(url)
+            scheme, host = parts.scheme.lower(), parts.hostname
+            parts.port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError:
+            raise ProtocolError("the presigned URL is malformed") from None
+        if scheme not in ("http", "https") or not host or _CONTROL.search(url) or " " in url:
+            raise ProtocolError("the presigned URL %s is not an http(s) URL with a host"
+                                % _clip(_where(url), 100))
+        if scheme == "http" and not self.plain_ok:
+            raise ProtocolError("refusing to send file bytes unencrypted to %s (the presigned "
+                                "URL is plain http)" % host)
+
+    # -- the two kinds of request, each retried
+
+    def retrying(self, attempt: Callable[[int], T], what: str, cancel: _Cancel,
+                  attempts: Optional[int] = None) -> T:
+        """Call attempt(n) until it returns, a non-retryable error, or the
+        tries run out. The one retry loop of the module."""
+        total = attempts or self.retry.attempts
+        for n in range(1, total + 1):
+            try:
+                return attempt(n)
+            except _Retryable as failure:
+                wait_long = failure.retry_after is not None and failure.retry_after > _MAX_RETRY_AFTER
+                if n >= total or wait_long:
+                    raise failure.error from failure.__cause__
+                delay = self.retry.delay(n, failure.retry_after)
+                _log(_DEBUG, "%s: %s; try %d of %d in %.2fs", what, failure.error, n + 1,
+                     total, delay)
+                cancel.wait(delay)
+        raise AssertionError("unreachable")
+
+    def call(self, method: str, path: str, payload: Optional[Json] = None, *,
+              cancel: _Cancel = _NEVER, attempts: Optional[int] = None,
+              timeout: Optional[float] = None) -> Json:
+        """One API call, retried; its decoded JSON object."""
+        import json
+
+        body = None if payload is None else json.dumps(payload).encode("utf-8")
+        headers = {"Authorization": self._key, "Accept": "application/json",
+                   "User-Agent": _USER_AGENT}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        what = "%s %s" % (method, path)
+
+        def attempt(n: int) -> Json:
+            wait = self._gate.reserve()
+            while wait > 0:
+                _log(_DEBUG, "%s: rate limit budget spent; waiting %.2fs", what, wait)
+                cancel.wait(wait)
+                wait = self._gate.reserve()
+            started = time.monotonic()
+            try:
+                resp = self._transport.exchange(method, self.base_url + path, headers, body,
+                                                cancel=cancel, max_body=_MAX_BODY, timeout=timeout)
+            except (OSError, http.client.HTTPException) as exc:
+                if cancel.is_set():
+                    raise _Cancelled() from None
+                text, transient = _network_error(what, self.base_url, exc)
+                error = APIError(self.redact(text))
+                if not transient:  # the same certificate will be refused again
+                    raise error from exc
+                raise _Retryable(error) from exc
+            _log(_DEBUG, "%s -> %d (try %d, %.3fs)", what, resp.status, n,
+                 time.monotonic() - started)
+            limit = _parse_ratelimit(resp.headers)
+            if limit is not None:
+                self._gate.update(*limit)
+            return self.judge(what, resp)
+
+        return self.retrying(attempt, what, cancel, attempts)
+
+    def judge(self, what: str, resp: _Response) -> Json:
+        """The JSON of a good answer; otherwise the error it means."""
+        import json
+
+        status, text = resp.status, self.redact(resp.text())
+        try:
+            data = json.loads(text) if text.strip() else None
+        except ValueError:
+            data = None
+        if 200 <= status < 300:
+            if not text.strip():
+                return {}  # 204 No Content, or an empty 200 to a DELETE
+            if resp.truncated:
+                raise ProtocolError("%s: the response is larger than %d bytes" % (what, _MAX_BODY))
+            if not isinstance(data, dict):
+                raise ProtocolError("%s: answered %d with a body that is not a JSON object: %s"
+                                    % (what, status, _clip(text, 200) or "(empty)"))
+            if data.get("success") is False:
+                message = _clip(str(data.get("message") or "no message"))
+                raise APIError("%s: the API reported a failure: %s" % (what, message), status,
+                               message, text[:_MAX_ERROR_BODY])
+            return data
+        message = _clip(str(data.get("message") or "")) if isinstance(data, dict) else ""
+        detail = message or _clip(text, 200) or "(empty body)"
+        cls: type = APIError
+        if 300 <= status < 400:
+            detail = "a redirect, not followed: API calls never leave %s" % self.base_url
+        elif status == 401:
+            cls, detail = AuthError, "the API key was rejected (%s)" % detail
+        elif status == 403:
+            cls, detail = AuthError, "access denied, is the account blocked? (%s)" % detail
+        elif status == 429:
+            cls = RateLimitError
+        error = cls("%s: %d %s: %s" % (what, status, resp.reason, detail), status, message,
+                    text[:_MAX_ERROR_BODY])
+        if status in _RETRY_STATUSES:
+            retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
+            if status == 429 and retry_after is not None:
+                self._gate.update(0, retry_after)
+            raise _Retryable(error, retry_after)
+        raise error
+
+    def redact(self, text: str) -> str:
+        """A hostile or careless server may echo the key back: never pass it on."""
+        return text.replace(self._key, "***") if self._key in text else text
+
+    def put(self, url: str, source: _Source, offset: int, length: int, part: int,
+             progress: Callable[[int], None], cancel: _Cancel) -> str:
+        """PUT bytes [offset, offset + length) of source to a presigned URL,
+        retried (each try re-reads from offset); the ETag, quotes included.
+
+        Raises _Expired for an expired URL: only the caller can get a new one.
+        """
+        label = "part %d of %s" % (part, source.name) if part else source.name
+        what = "PUT %s" % label
+        headers = {"Content-Type": source.mime_type, "User-Agent": _USER_AGENT}
+
+        def attempt(n: int) -> str:
+            payload = _Payload(source, offset, length, self.checksum, progress, cancel)
+            started = time.monotonic()
+            try:
+                resp = self._transport.exchange("PUT", url, headers, payload, cancel=cancel)
+            except (OSError, http.client.HTTPException, _Cancelled) as exc:
+                progress(-payload.sent)
+                if cancel.is_set():
+                    raise _Cancelled() from None
+                text, transient = _network_error(what, _where(url), exc)
+                error = TransferError(text, None, part or None)
+                if not transient:
+                    raise error from exc
+                raise _Retryable(error) from exc
+            except SourceChangedError:
+                progress(-payload.sent)
+                raise
+            _log(_DEBUG, "%s to %s -> %d (try %d, %.3fs)", what, _where(url), resp.status, n,
+                 time.monotonic() - started)
+            etag = resp.headers.get("ETag")
+            if 200 <= resp.status < 300:
+                if etag is not None and _CONTROL.search(etag):
+                    raise ProtocolError("%s: storage sent an ETag with control characters" % what)
+                sent = payload.hexdigest()
+                if sent and etag and _PLAIN_MD5.match(etag) and etag[1:-1].lower() != sent:
+                    progress(-payload.sent)
+                    raise _Retryable(TransferError(
+                        "%s: storage reports MD5 %s, the bytes sent have MD5 %s"
+                        % (what, etag[1:-1].lower(), sent), resp.status, part or None))
+                if part and not etag:
+                    raise ProtocolError("%s: storage answered without an ETag" % what)
+                return etag or ""
+            progress(-payload.sent)
+            text = resp.text()
+            if resp.status == 403 and "expired" in text.lower():
+                raise _Expired()
+            error = TransferError("%s to %s: %d %s: %s" % (
+                what, _where(url), resp.status, resp.reason,
+                _unsigned(_storage_message(text), url)), resp.status, part or None)
+            if resp.status in _RETRY_STATUSES:
+                raise _Retryable(error, _parse_retry_after(resp.headers.get("Retry-After")))
+            raise error
+
+        return self.retrying(attempt, what, cancel)
+
+    def link(self, file_id: str) -> str:
+        """Create a permanent public link; its full URL."""
+        data = self.call("POST", _ROUTES["link"], {"fileId": _check_id(file_id, "file id")})
+        link = _need_str(data, "link", "POST /v1/p")
+        if link.startswith(("http://", "https://")):
+            return link
+        return self.base_url + _ROUTES["public"].format(urllib.parse.quote(link, safe=""))
+
+
+# ---------------------------------------------------------------------------
+# Engine: the jobs of one upload, and the coordinator that runs them
+# ---------------------------------------------------------------------------
 
 class _Plan:
     """A multipart upload as initiated: ids and the part URLs, in order."""
@@ -1190,7 +1465,7 @@ class _Job:
     def __init__(self, index: int, source: _Source, run: _Run) -> None:
         self.index, self.source, self.run = index, source, run
         self.cancel = _Cancel(run.cancel)
-        self.multipart = 0 < source.size >= run.client.multipart_threshold
+        self.multipart = 0 < source.size >= run.threshold
         self.file_id = self.url = self.s3_key = ""
         self.plan: Optional[_Plan] = None
         self.etags: Dict[int, str] = {}
@@ -1222,9 +1497,11 @@ class _Run:
     sources not reached yet, so 10,000 files cost what 100 do.
     """
 
-    def __init__(self, client: Client, folder_id: str, progress: Optional[Progress],
-                 link: bool, on_file: Optional[Callable[[int, Any], None]]) -> None:
-        self.client, self.folder, self.progress = client, folder_id, progress
+    def __init__(self, api: _API, workers: int, threshold: int, batch_size: int,
+                 folder_id: str, progress: Optional[Progress], link: bool,
+                 on_file: Optional[Callable[[int, Any], None]]) -> None:
+        self.api, self.workers, self.threshold = api, workers, threshold
+        self.batch_size, self.folder, self.progress = batch_size, folder_id, progress
         self.link, self.on_file = link, on_file
         self.cancel = _Cancel()
         self.pool: Optional[ThreadPoolExecutor] = None
@@ -1260,7 +1537,7 @@ class _Run:
 
     def _fill(self, numbered: Iterator[Tuple[int, Any]]) -> None:
         """Submit tasks until every worker has one queued behind the one it runs."""
-        workers = self.client.max_workers
+        workers = self.workers
         while self._queued < workers:
             if self.feed:
                 self._submit(self.feed[0])
@@ -1278,7 +1555,7 @@ class _Run:
         if self.pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self.pool = ThreadPoolExecutor(self.client.max_workers, "fileslink")
+            self.pool = ThreadPoolExecutor(self.workers, "fileslink")
         with self._lock:
             self._queued += 1
         job.inflight += 1
@@ -1291,10 +1568,10 @@ class _Run:
         job.cancel.check()
         try:
             if job.plan is None:
-                return self.client._send_single(job, self.folder)
+                return self.send_single(job)
             offset, length = job.plan.span(number)
             try:
-                return self.client._put(job.plan.urls[number - 1], job.source, offset, length,
+                return self.api.put(job.plan.urls[number - 1], job.source, offset, length,
                                         number, job.add_progress, job.cancel)
             except _Expired:
                 raise TransferError("the presigned URL of part %d of %s expired; the multipart "
@@ -1307,7 +1584,7 @@ class _Run:
     def _admit(self, numbered: Iterator[Tuple[int, Any]]) -> None:
         """Open the next sources: a batch of small ones to presign, or one big one."""
         batch: List[_Job] = []
-        while len(batch) < self.client._batch_size:
+        while len(batch) < self.batch_size:
             try:
                 index, item = next(numbered)
             except StopIteration:
@@ -1330,7 +1607,7 @@ class _Run:
 
     def _presign(self, batch: List[_Job]) -> None:
         try:
-            entries = self.client._presign(self.folder, [j.source for j in batch], self.cancel)
+            entries = self.api.presign(self.folder, [j.source for j in batch], self.cancel)
         except (AuthError, _Cancelled):
             raise
         except FilesLinkError as exc:
@@ -1343,7 +1620,7 @@ class _Run:
 
     def _initiate(self, job: _Job) -> None:
         try:
-            job.plan = self.client._initiate(self.folder, job.source, self.cancel)
+            job.plan = self.api.initiate(self.folder, job.source, self.cancel)
         except (AuthError, _Cancelled):
             raise
         except FilesLinkError as exc:
@@ -1378,6 +1655,23 @@ class _Run:
             elif len(job.etags) == len(job.plan.urls):
                 self._complete(job)
 
+    def send_single(self, job: _Job) -> str:
+        """PUT a whole file; presign it again if its URL expired. Its ETag."""
+        for represign in range(_EXPIRED_REPRESIGNS + 1):
+            try:
+                return self.api.put(job.url, job.source, 0, job.source.size, 0,
+                                 job.add_progress, job.cancel)
+            except _Expired:
+                if represign == _EXPIRED_REPRESIGNS:
+                    break
+                _log(_INFO, "%s: presigned URL expired; presigning again", job.source.name)
+                # A new id: the old row stays unconfirmed, and so invisible.
+                job.file_id, job.url, job.s3_key = self.api.presign(self.folder, [job.source],
+                                                                 job.cancel)[0]
+        raise TransferError("the presigned URL for %s kept expiring before the upload ended "
+                            "(presigned %d times); check the machine's clock"
+                            % (job.source.name, _EXPIRED_REPRESIGNS + 1), 403)
+
     # -- endings ------------------------------------------------------------
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
@@ -1407,7 +1701,7 @@ class _Run:
         if not good:
             return
         try:
-            self.client._confirm([j.file_id for j in good], self.cancel)
+            self.api.confirm([j.file_id for j in good], self.cancel)
         except (AuthError, _Cancelled):
             raise
         except FilesLinkError as exc:
@@ -1421,7 +1715,7 @@ class _Run:
         assert job.plan is not None
         try:
             job.source.check_unchanged()
-            self.client._complete(job.plan, job.etags, self.cancel)
+            self.api.complete(job.plan, job.etags, self.cancel)
         except (AuthError, _Cancelled):
             raise
         except FilesLinkError as exc:
@@ -1434,7 +1728,7 @@ class _Run:
     def _abort(self, job: _Job, timeout: Optional[float] = None) -> None:
         self.started.discard(job)
         assert job.plan is not None
-        self.client._abort(job.plan.ids(), timeout)
+        self.api.abort(job.plan.ids(), timeout)
         self._finish(job, job.error or TransferError("multipart upload aborted"))
 
     def _succeed(self, job: _Job, multipart: bool) -> None:
@@ -1443,7 +1737,7 @@ class _Run:
                               job.s3_key, multipart)
         if self.link:
             try:
-                result = result._replace(url=self.client.create_link(job.file_id))
+                result = result._replace(url=self.api.link(job.file_id))
             except (AuthError, _Cancelled):
                 raise
             except FilesLinkError as exc:
@@ -1485,7 +1779,7 @@ class _Run:
                 job.error = TransferError("upload of %s cancelled" % job.source.name)
             self.started.discard(job)
             assert job.plan is not None
-            self.client._abort(job.plan.ids(), _ABORT_TIMEOUT if interrupted else None)
+            self.api.abort(job.plan.ids(), _ABORT_TIMEOUT if interrupted else None)
         for job in self.live:
             job.source.close()
 
@@ -1501,17 +1795,6 @@ def _item_name(item: Any) -> str:
 # ---------------------------------------------------------------------------
 # Client: the public facade
 # ---------------------------------------------------------------------------
-
-_BAD_ID = re.compile(r"[/?#%\\\s\x00-\x1f\x7f]")
-
-
-def _check_id(value: Any, what: str) -> str:
-    """An id that goes into a URL path: refused rather than escaped."""
-    if not isinstance(value, str) or not value or _BAD_ID.search(value):
-        raise ConfigError("%s must be a non-empty id without '/', '?', '#', '%%', "
-                          "spaces or control characters, not %r" % (what, value))
-    return value
-
 
 class Client:
     """A files.link client: configuration, connections and the rate-limit budget.
@@ -1573,7 +1856,6 @@ class Client:
 
             if not isinstance(ssl_context, ssl.SSLContext):
                 raise ConfigError("ssl_context must be an ssl.SSLContext")
-        self._key = key
         self.base_url = base
         self.timeout = float(timeout)
         self.retry = retry or Retry()
@@ -1581,9 +1863,9 @@ class Client:
         self.multipart_threshold = multipart_threshold
         self.checksum = bool(checksum)
         self._batch_size = batch_size or int(_ASSUMED["batch_size"])
-        self._plain_ok = allow_insecure or (parts.scheme == "http" and loopback)
         self._transport = _Transport(self.timeout, ssl_context, max_workers + _SPARE_CONNECTIONS)
-        self._gate = _RateGate()
+        self._api = _API(key, base, self._transport, self.retry, self.checksum,
+                         allow_insecure or (parts.scheme == "http" and loopback))
 
     def __repr__(self) -> str:  # never the key
         return "fileslink.Client(base_url=%r, max_workers=%d)" % (self.base_url, self.max_workers)
@@ -1622,7 +1904,7 @@ class Client:
         """
         folder = self._folder(folder_id)
         src = _open_source(source, name, mime_type)
-        run = _Run(self, folder, progress, link, None)
+        run = self._run(folder, progress, link, None)
         try:
             if 0 < src.size >= self.multipart_threshold:  # parts in parallel: a coordinator
                 results = run.run([src])
@@ -1631,10 +1913,10 @@ class Client:
                 return results[0]  # type: ignore[no-any-return]
             # One small file: three calls in this thread, no pool to start.
             job = _Job(0, src, run)
-            job.file_id, job.url, job.s3_key = self._presign(folder, [src], run.cancel)[0]
-            self._send_single(job, folder)
+            job.file_id, job.url, job.s3_key = self._api.presign(folder, [src], run.cancel)[0]
+            run.send_single(job)
             src.check_unchanged()
-            self._confirm([job.file_id], run.cancel)
+            self._api.confirm([job.file_id], run.cancel)
             url = self.create_link(job.file_id) if link else None
             return UploadedFile(job.file_id, src.name, src.size, src.mime_type, job.s3_key,
                                 False, url)
@@ -1659,11 +1941,16 @@ class Client:
             AuthError: the key was refused; nothing more is attempted.
         """
         folder = self._folder(folder_id)
-        run = _Run(self, folder, progress, link, on_file)
+        run = self._run(folder, progress, link, on_file)
         results = run.run(sources)
         if run.failures:
             raise UploadManyError(sorted(run.failures, key=lambda f: f[0]), results)
         return results
+
+    def _run(self, folder: str, progress: Optional[Progress], link: bool,
+             on_file: Optional[Callable[[int, Any], None]]) -> _Run:
+        return _Run(self._api, self.max_workers, self.multipart_threshold, self._batch_size,
+                    folder, progress, link, on_file)
 
     def _folder(self, folder_id: Optional[str]) -> str:
         folder = folder_id if folder_id is not None else os.environ.get(_ENV_FOLDER)
@@ -1672,262 +1959,11 @@ class Client:
                               "and `fileslink folders PROJECT_ID` list them)" % _ENV_FOLDER)
         return _check_id(folder, "folder id")
 
-    # -- the calls an upload is made of ------------------------------------
-
-    def _presign(self, folder: str, sources: Sequence[_Source],
-                 cancel: _Cancel) -> List[Tuple[str, str, str]]:
-        meta = [{"name": s.name, "size": s.size, "mimeType": s.mime_type} for s in sources]
-        path = _ROUTES["presign"].format(folder)
-        data = self._call("POST", path, {"filesMetadata": meta}, cancel=cancel)
-        urls = data.get("urls")
-        if not isinstance(urls, list) or len(urls) != len(sources):
-            raise ProtocolError("POST %s: expected %d entries in `urls`, got %s; keys seen: %s" % (
-                path, len(sources), len(urls) if isinstance(urls, list) else "none",
-                ", ".join(sorted(data))))
-        entries = []
-        for entry in urls:
-            if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) \
-                    or not isinstance(entry.get("url"), str):
-                raise ProtocolError("POST %s: an entry of `urls` lacks `id` or `url`" % path)
-            self._check_presigned(entry["url"])
-            entries.append((entry["id"], entry["url"], str(entry.get("s3Key") or "")))
-        return entries
-
-    def _confirm(self, ids: List[str], cancel: _Cancel) -> None:
-        self._call("POST", _ROUTES["confirm"], {"ids": ids}, cancel=cancel)
-
-    def _initiate(self, folder: str, source: _Source, cancel: _Cancel) -> _Plan:
-        meta = {"name": source.name, "size": source.size, "mimeType": source.mime_type}
-        data = self._call("POST", _ROUTES["initiate"].format(folder), {"fileMetadata": meta},
-                          cancel=cancel)
-        raw = data.get("data")
-        try:
-            plan = _plan_parts(source.size, raw)
-            for url in plan.urls:
-                self._check_presigned(url)
-        except ProtocolError:
-            # An upload was opened that will not be completed: abort it if
-            # its ids can be read at all, or storage keeps billing it.
-            if isinstance(raw, dict) and isinstance(_pick(raw, "upload_id"), str):
-                ids = {"uploadId": _pick(raw, "upload_id"), "fileId": _pick(raw, "file_id"),
-                       "key": _pick(raw, "key"), "bucket": _pick(raw, "bucket")}
-                self._abort({k: v for k, v in ids.items() if v is not None})
-            raise
-        return plan
-
-    def _complete(self, plan: _Plan, etags: Dict[int, str], cancel: _Cancel) -> None:
-        body = plan.ids()
-        body["parts"] = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
-        self._call("POST", _ROUTES["complete"], body, cancel=cancel)
-
-    def _abort(self, ids: Json, timeout: Optional[float] = None) -> None:
-        """Best effort: an unaborted multipart upload keeps storage billed."""
-        try:
-            self._call("POST", _ROUTES["abort"], ids, attempts=1 if timeout else None,
-                       timeout=timeout)
-            _log(_INFO, "aborted multipart upload %s", ids.get("uploadId"))
-        except (FilesLinkError, _Cancelled) as exc:
-            _log(_WARNING, "could not abort multipart upload %s: %s", ids.get("uploadId"), exc)
-
-    def _send_single(self, job: _Job, folder: str) -> str:
-        """PUT a whole file; presign it again if its URL expired. Its ETag."""
-        for represign in range(_EXPIRED_REPRESIGNS + 1):
-            try:
-                return self._put(job.url, job.source, 0, job.source.size, 0,
-                                 job.add_progress, job.cancel)
-            except _Expired:
-                if represign == _EXPIRED_REPRESIGNS:
-                    break
-                _log(_INFO, "%s: presigned URL expired; presigning again", job.source.name)
-                # A new id: the old row stays unconfirmed, and so invisible.
-                job.file_id, job.url, job.s3_key = self._presign(folder, [job.source],
-                                                                 job.cancel)[0]
-        raise TransferError("the presigned URL for %s kept expiring before the upload ended "
-                            "(presigned %d times); check the machine's clock"
-                            % (job.source.name, _EXPIRED_REPRESIGNS + 1), 403)
-
-    def _check_presigned(self, url: str) -> None:
-        """Refuse, before any I/O, a presigned URL we must not send a file to."""
-        try:
-            parts = urllib.parse.urlsplit(url)
-            scheme, host = parts.scheme.lower(), parts.hostname
-            parts.port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError:
-            raise ProtocolError("the presigned URL is malformed") from None
-        if scheme not in ("http", "https") or not host or _CONTROL.search(url) or " " in url:
-            raise ProtocolError("the presigned URL %s is not an http(s) URL with a host"
-                                % _clip(_where(url), 100))
-        if scheme == "http" and not self._plain_ok:
-            raise ProtocolError("refusing to send file bytes unencrypted to %s (the presigned "
-                                "URL is plain http)" % host)
-
-    # -- the two kinds of request, each retried -----------------------------
-
-    def _retrying(self, attempt: Callable[[int], T], what: str, cancel: _Cancel,
-                  attempts: Optional[int] = None) -> T:
-        """Call attempt(n) until it returns, a non-retryable error, or the
-        tries run out. The one retry loop of the module."""
-        total = attempts or self.retry.attempts
-        for n in range(1, total + 1):
-            try:
-                return attempt(n)
-            except _Retryable as failure:
-                wait_long = failure.retry_after is not None and failure.retry_after > _MAX_RETRY_AFTER
-                if n >= total or wait_long:
-                    raise failure.error from failure.__cause__
-                delay = self.retry.delay(n, failure.retry_after)
-                _log(_DEBUG, "%s: %s; try %d of %d in %.2fs", what, failure.error, n + 1,
-                     total, delay)
-                cancel.wait(delay)
-        raise AssertionError("unreachable")
-
-    def _call(self, method: str, path: str, payload: Optional[Json] = None, *,
-              cancel: _Cancel = _NEVER, attempts: Optional[int] = None,
-              timeout: Optional[float] = None) -> Json:
-        """One API call, retried; its decoded JSON object."""
-        import json
-
-        body = None if payload is None else json.dumps(payload).encode("utf-8")
-        headers = {"Authorization": self._key, "Accept": "application/json",
-                   "User-Agent": _USER_AGENT}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        what = "%s %s" % (method, path)
-
-        def attempt(n: int) -> Json:
-            wait = self._gate.reserve()
-            while wait > 0:
-                _log(_DEBUG, "%s: rate limit budget spent; waiting %.2fs", what, wait)
-                cancel.wait(wait)
-                wait = self._gate.reserve()
-            started = time.monotonic()
-            try:
-                resp = self._transport.exchange(method, self.base_url + path, headers, body,
-                                                cancel=cancel, max_body=_MAX_BODY, timeout=timeout)
-            except (OSError, http.client.HTTPException) as exc:
-                if cancel.is_set():
-                    raise _Cancelled() from None
-                text, transient = _network_error(what, self.base_url, exc)
-                error = APIError(self._redact(text))
-                if not transient:  # the same certificate will be refused again
-                    raise error from exc
-                raise _Retryable(error) from exc
-            _log(_DEBUG, "%s -> %d (try %d, %.3fs)", what, resp.status, n,
-                 time.monotonic() - started)
-            limit = _parse_ratelimit(resp.headers)
-            if limit is not None:
-                self._gate.update(*limit)
-            return self._judge(what, resp)
-
-        return self._retrying(attempt, what, cancel, attempts)
-
-    def _judge(self, what: str, resp: _Response) -> Json:
-        """The JSON of a good answer; otherwise the error it means."""
-        import json
-
-        status, text = resp.status, self._redact(resp.text())
-        try:
-            data = json.loads(text) if text.strip() else None
-        except ValueError:
-            data = None
-        if 200 <= status < 300:
-            if not text.strip():
-                return {}  # 204 No Content, or an empty 200 to a DELETE
-            if resp.truncated:
-                raise ProtocolError("%s: the response is larger than %d bytes" % (what, _MAX_BODY))
-            if not isinstance(data, dict):
-                raise ProtocolError("%s: answered %d with a body that is not a JSON object: %s"
-                                    % (what, status, _clip(text, 200) or "(empty)"))
-            if data.get("success") is False:
-                message = _clip(str(data.get("message") or "no message"))
-                raise APIError("%s: the API reported a failure: %s" % (what, message), status,
-                               message, text[:_MAX_ERROR_BODY])
-            return data
-        message = _clip(str(data.get("message") or "")) if isinstance(data, dict) else ""
-        detail = message or _clip(text, 200) or "(empty body)"
-        cls: type = APIError
-        if 300 <= status < 400:
-            detail = "a redirect, not followed: API calls never leave %s" % self.base_url
-        elif status == 401:
-            cls, detail = AuthError, "the API key was rejected (%s)" % detail
-        elif status == 403:
-            cls, detail = AuthError, "access denied, is the account blocked? (%s)" % detail
-        elif status == 429:
-            cls = RateLimitError
-        error = cls("%s: %d %s: %s" % (what, status, resp.reason, detail), status, message,
-                    text[:_MAX_ERROR_BODY])
-        if status in _RETRY_STATUSES:
-            retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
-            if status == 429 and retry_after is not None:
-                self._gate.update(0, retry_after)
-            raise _Retryable(error, retry_after)
-        raise error
-
-    def _redact(self, text: str) -> str:
-        """A hostile or careless server may echo the key back: never pass it on."""
-        return text.replace(self._key, "***") if self._key in text else text
-
-    def _put(self, url: str, source: _Source, offset: int, length: int, part: int,
-             progress: Callable[[int], None], cancel: _Cancel) -> str:
-        """PUT bytes [offset, offset + length) of source to a presigned URL,
-        retried (each try re-reads from offset); the ETag, quotes included.
-
-        Raises _Expired for an expired URL: only the caller can get a new one.
-        """
-        label = "part %d of %s" % (part, source.name) if part else source.name
-        what = "PUT %s" % label
-        headers = {"Content-Type": source.mime_type, "User-Agent": _USER_AGENT}
-
-        def attempt(n: int) -> str:
-            payload = _Payload(source, offset, length, self.checksum, progress, cancel)
-            started = time.monotonic()
-            try:
-                resp = self._transport.exchange("PUT", url, headers, payload, cancel=cancel)
-            except (OSError, http.client.HTTPException, _Cancelled) as exc:
-                progress(-payload.sent)
-                if cancel.is_set():
-                    raise _Cancelled() from None
-                text, transient = _network_error(what, _where(url), exc)
-                error = TransferError(text, None, part or None)
-                if not transient:
-                    raise error from exc
-                raise _Retryable(error) from exc
-            except SourceChangedError:
-                progress(-payload.sent)
-                raise
-            _log(_DEBUG, "%s to %s -> %d (try %d, %.3fs)", what, _where(url), resp.status, n,
-                 time.monotonic() - started)
-            etag = resp.headers.get("ETag")
-            if 200 <= resp.status < 300:
-                if etag is not None and _CONTROL.search(etag):
-                    raise ProtocolError("%s: storage sent an ETag with control characters" % what)
-                sent = payload.hexdigest()
-                if sent and etag and _PLAIN_MD5.match(etag) and etag[1:-1].lower() != sent:
-                    progress(-payload.sent)
-                    raise _Retryable(TransferError(
-                        "%s: storage reports MD5 %s, the bytes sent have MD5 %s"
-                        % (what, etag[1:-1].lower(), sent), resp.status, part or None))
-                if part and not etag:
-                    raise ProtocolError("%s: storage answered without an ETag" % what)
-                return etag or ""
-            progress(-payload.sent)
-            text = resp.text()
-            if resp.status == 403 and "expired" in text.lower():
-                raise _Expired()
-            error = TransferError("%s to %s: %d %s: %s" % (
-                what, _where(url), resp.status, resp.reason,
-                _unsigned(_storage_message(text), url)), resp.status, part or None)
-            if resp.status in _RETRY_STATUSES:
-                raise _Retryable(error, _parse_retry_after(resp.headers.get("Retry-After")))
-            raise error
-
-        return self._retrying(attempt, what, cancel)
-
     # -- the rest of the published API --------------------------------------
 
     def get_file(self, file_id: str) -> Json:
         """A file's record: id, fileName, fileSize, mimeType, uploaded, ..."""
-        data = self._call("GET", _ROUTES["file"].format(_check_id(file_id, "file id")))
+        data = self._api.call("GET", _ROUTES["file"].format(_check_id(file_id, "file id")))
         record = data.get("data")
         if isinstance(record, dict) and isinstance(record.get("file"), dict):
             return record["file"]  # type: ignore[no-any-return]
@@ -1935,7 +1971,7 @@ class Client:
 
     def list_files(self, folder_id: Optional[str] = None) -> List[Json]:
         """The files of a folder (default $FILESLINK_FOLDER)."""
-        data = self._call("GET", _ROUTES["folder_files"].format(self._folder(folder_id)))
+        data = self._api.call("GET", _ROUTES["folder_files"].format(self._folder(folder_id)))
         files = _pick(data, "listing")
         if isinstance(files, dict):
             files = files.get("files")
@@ -1944,67 +1980,55 @@ class Client:
         return files
 
     def delete_file(self, file_id: str) -> None:
-        self._call("DELETE", _ROUTES["file"].format(_check_id(file_id, "file id")))
+        self._api.call("DELETE", _ROUTES["file"].format(_check_id(file_id, "file id")))
 
     def signed_url(self, file_id: str) -> str:
         """A signed download URL for a private file."""
-        data = self._call("GET", _ROUTES["signed"].format(_check_id(file_id, "file id")))
+        data = self._api.call("GET", _ROUTES["signed"].format(_check_id(file_id, "file id")))
         return _need_str(data, "url", "GET signed URL")
 
     def create_link(self, file_id: str) -> str:
         """Create a permanent public link; its full URL."""
-        data = self._call("POST", _ROUTES["link"], {"fileId": _check_id(file_id, "file id")})
-        link = _need_str(data, "link", "POST /v1/p")
-        if link.startswith(("http://", "https://")):
-            return link
-        return self.base_url + _ROUTES["public"].format(urllib.parse.quote(link, safe=""))
+        return self._api.link(file_id)
 
     def get_link(self, file_id: str) -> Json:
-        return self._call("GET", _ROUTES["file_link"].format(_check_id(file_id, "file id")))
+        return self._api.call("GET", _ROUTES["file_link"].format(_check_id(file_id, "file id")))
 
     def delete_link(self, file_id: str) -> None:
-        self._call("DELETE", _ROUTES["public"].format(_check_id(file_id, "file id")))
+        self._api.call("DELETE", _ROUTES["public"].format(_check_id(file_id, "file id")))
 
     def list_projects(self, page: int = 1) -> Any:
-        data = self._call("GET", _ROUTES["projects_page"].format(int(page)))
+        data = self._api.call("GET", _ROUTES["projects_page"].format(int(page)))
         return data.get("data", data)
 
     def create_project(self, title: str) -> str:
-        data = self._call("POST", _ROUTES["projects"], {"title": title})
+        data = self._api.call("POST", _ROUTES["projects"], {"title": title})
         return _need_str(data, "projectId", "POST /v1/projects")
 
     def get_project(self, project_id: str) -> Any:
-        data = self._call("GET", _ROUTES["project"].format(_check_id(project_id, "project id")))
+        data = self._api.call("GET", _ROUTES["project"].format(_check_id(project_id, "project id")))
         return data.get("data", data)
 
     def delete_project(self, project_id: str) -> None:
-        self._call("DELETE", _ROUTES["project_delete"].format(_check_id(project_id, "project id")))
+        self._api.call("DELETE", _ROUTES["project_delete"].format(_check_id(project_id, "project id")))
 
     def list_folders(self, project_id: str) -> Any:
-        data = self._call("GET", _ROUTES["project_folders"].format(
+        data = self._api.call("GET", _ROUTES["project_folders"].format(
             _check_id(project_id, "project id")))
         return data.get("data", data)
 
     def create_folder(self, title: str, project_id: str, private: bool = False) -> str:
-        data = self._call("POST", _ROUTES["folders"], {
+        data = self._api.call("POST", _ROUTES["folders"], {
             "title": title, "projectId": _check_id(project_id, "project id"),
             "isPrivate": bool(private)})
         return _need_str(data, "folderId", "POST /v1/folders")
 
     def get_folder(self, folder_id: str) -> Any:
-        data = self._call("GET", _ROUTES["folder"].format(_check_id(folder_id, "folder id")))
+        data = self._api.call("GET", _ROUTES["folder"].format(_check_id(folder_id, "folder id")))
         return data.get("data", data)
 
     def delete_folder(self, folder_id: str) -> None:
-        self._call("DELETE", _ROUTES["folder"].format(_check_id(folder_id, "folder id")))
-
-
-def _need_str(data: Json, field: str, what: str) -> str:
-    value = data.get(field)
-    if not isinstance(value, str) or not value:
-        raise ProtocolError("%s: no `%s` in the response; keys seen: %s"
-                            % (what, field, ", ".join(sorted(data))))
-    return value
+        self._api.call("DELETE", _ROUTES["folder"].format(_check_id(folder_id, "folder id")))
 
 
 def upload(source: Source, folder_id: Optional[str] = None, *, name: Optional[str] = None,

@@ -4501,13 +4501,13 @@ class TestReliabSecurity(TestReliabCase):
         url = "http://storage.example.com/bucket/key?X-Amz-Signature=abc"
         tls = fileslink.Client(api_key="k", base_url="https://api.files.link")
         with self.assertRaises(fileslink.ProtocolError) as cm:
-            tls._check_presigned(url)
+            tls._api.check_presigned(url)
         self.assertIn("unencrypted", str(cm.exception))
         self.assertNotIn("abc", str(cm.exception))
-        tls._check_presigned(url.replace("http:", "https:"))
-        fileslink.Client(api_key="k", base_url=self.fake.base_url)._check_presigned(url)
+        tls._api.check_presigned(url.replace("http:", "https:"))
+        fileslink.Client(api_key="k", base_url=self.fake.base_url)._api.check_presigned(url)
         fileslink.Client(api_key="k", base_url="http://files.example.com",
-                         allow_insecure=True)._check_presigned(url)
+                         allow_insecure=True)._api.check_presigned(url)
 
     def test_plain_http_base_url_is_refused_except_to_loopback_or_when_allowed(self) -> None:
         for base in ("http://example.com", "http://10.0.0.1:8080", "http://api.files.link"):
