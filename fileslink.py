@@ -1151,7 +1151,7 @@ class _API:
     # -- the calls an upload is made of
 
     def presign(self, folder: str, sources: Sequence[_Source],
-                 cancel: _Cancel) -> List[Tuple[str, str, str]]:
+                cancel: _Cancel) -> List[Tuple[str, str, str]]:
         meta = [{"name": s.name, "size": s.size, "mimeType": s.mime_type} for s in sources]
         path = _ROUTES["presign"].format(folder)
         data = self.call("POST", path, {"filesMetadata": meta}, cancel=cancel)
@@ -1223,7 +1223,7 @@ class _API:
     # -- the two kinds of request, each retried
 
     def retrying(self, attempt: Callable[[int], T], what: str, cancel: _Cancel,
-                  attempts: Optional[int] = None) -> T:
+                 attempts: Optional[int] = None) -> T:
         """Call attempt(n) until it returns, a non-retryable error, or the
         tries run out. The one retry loop of the module."""
         total = attempts or self.retry.attempts
@@ -1241,8 +1241,8 @@ class _API:
         raise AssertionError("unreachable")
 
     def call(self, method: str, path: str, payload: Optional[Json] = None, *,
-              cancel: _Cancel = _NEVER, attempts: Optional[int] = None,
-              timeout: Optional[float] = None) -> Json:
+             cancel: _Cancel = _NEVER, attempts: Optional[int] = None,
+             timeout: Optional[float] = None) -> Json:
         """One API call, retried; its decoded JSON object."""
         import json
 
@@ -1327,7 +1327,7 @@ class _API:
         return text.replace(self._key, "***") if self._key in text else text
 
     def put(self, url: str, source: _Source, offset: int, length: int, part: int,
-             progress: Callable[[int], None], cancel: _Cancel) -> str:
+            progress: Callable[[int], None], cancel: _Cancel) -> str:
         """PUT bytes [offset, offset + length) of source to a presigned URL,
         retried (each try re-reads from offset); the ETag, quotes included.
 
@@ -1660,14 +1660,14 @@ class _Run:
         for represign in range(_EXPIRED_REPRESIGNS + 1):
             try:
                 return self.api.put(job.url, job.source, 0, job.source.size, 0,
-                                 job.add_progress, job.cancel)
+                                    job.add_progress, job.cancel)
             except _Expired:
                 if represign == _EXPIRED_REPRESIGNS:
                     break
                 _log(_INFO, "%s: presigned URL expired; presigning again", job.source.name)
                 # A new id: the old row stays unconfirmed, and so invisible.
-                job.file_id, job.url, job.s3_key = self.api.presign(self.folder, [job.source],
-                                                                 job.cancel)[0]
+                job.file_id, job.url, job.s3_key = self.api.presign(
+                    self.folder, [job.source], job.cancel)[0]
         raise TransferError("the presigned URL for %s kept expiring before the upload ended "
                             "(presigned %d times); check the machine's clock"
                             % (job.source.name, _EXPIRED_REPRESIGNS + 1), 403)

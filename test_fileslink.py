@@ -4293,13 +4293,19 @@ class TestReliabAbort(TestReliabCase):
         self.assertFalse(self.fake.files[upload.file_id].uploaded)
         _reliab_join_workers(self)
 
-    def test_ctrl_c_during_a_multipart_upload_aborts_it_within_two_seconds(self) -> None:
+    def reliab_stalled_multipart_file(self, seed: int) -> str:
+        """A multipart-sized file whose parts stall on the fake, for a real SIGINT
+        to the main thread; skips where the main thread cannot get one."""
         if threading.current_thread() is not threading.main_thread():
             self.skipTest("signals go to the main thread")
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             self.skipTest("SIGINT is handled by the test runner (unittest -c?)")
-        path, _ = self.make_file("parts.bin", 32 * _RELIAB_PART, seed=12)
+        path, _ = self.make_file("parts.bin", 32 * _RELIAB_PART, seed=seed)
         self.fake.inject("storage", delay=5)         # the upload cannot end by itself
+        return path
+
+    def test_ctrl_c_during_a_multipart_upload_aborts_it_within_two_seconds(self) -> None:
+        path = self.reliab_stalled_multipart_file(seed=12)
         sent: List[float] = []
 
         def progress(name: str, done: int, total: int) -> None:
@@ -4315,13 +4321,8 @@ class TestReliabAbort(TestReliabCase):
         _reliab_join_workers(self)
 
     def test_ctrl_c_in_the_cli_aborts_prints_one_line_and_exits_130(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            self.skipTest("signals go to the main thread")
-        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            self.skipTest("SIGINT is handled by the test runner (unittest -c?)")
-        path, _ = self.make_file("parts.bin", 32 * _RELIAB_PART, seed=13)
+        path = self.reliab_stalled_multipart_file(seed=13)
         os.environ.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.fake.base_url)
-        self.fake.inject("storage", delay=5)         # the upload cannot end by itself
         sent: List[float] = []
 
         def on_request(req: Any) -> None:            # the fake's hook: the first part is in
