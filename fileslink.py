@@ -1175,7 +1175,7 @@ class _API:
     def initiate(self, folder: str, source: _Source, cancel: _Cancel) -> _Plan:
         meta = {"name": source.name, "size": source.size, "mimeType": source.mime_type}
         data = self.call("POST", _ROUTES["initiate"].format(folder), {"fileMetadata": meta},
-                          cancel=cancel)
+                         cancel=cancel)
         raw = data.get("data")
         try:
             plan = _plan_parts(source.size, raw)
@@ -1197,10 +1197,11 @@ class _API:
         self.call("POST", _ROUTES["complete"], body, cancel=cancel)
 
     def abort(self, ids: Json, timeout: Optional[float] = None) -> None:
-        """Best effort: an unaborted multipart upload keeps storage billed."""
+        """Best effort: an unaborted multipart upload keeps storage billed.
+        A timeout means Ctrl-C: one short try, so the user is not kept waiting."""
         try:
             self.call("POST", _ROUTES["abort"], ids, attempts=1 if timeout else None,
-                       timeout=timeout)
+                      timeout=timeout)
             _log(_INFO, "aborted multipart upload %s", ids.get("uploadId"))
         except (FilesLinkError, _Cancelled) as exc:
             _log(_WARNING, "could not abort multipart upload %s: %s", ids.get("uploadId"), exc)
@@ -1382,6 +1383,16 @@ class _API:
 
         return self.retrying(attempt, what, cancel)
 
+    def link_uploaded(self, name: str, file_id: str) -> str:
+        """link() for a file just uploaded: an error must say the bytes are there."""
+        try:
+            return self.link(file_id)
+        except (AuthError, _Cancelled):
+            raise
+        except FilesLinkError as exc:
+            raise APIError("%s was uploaded (id %s) but its link was not created: %s"
+                           % (name, file_id, exc), getattr(exc, "status", None)) from exc
+
     def link(self, file_id: str) -> str:
         """Create a permanent public link; its full URL."""
         data = self.call("POST", _ROUTES["link"], {"fileId": _check_id(file_id, "file id")})
@@ -1465,7 +1476,7 @@ class _Job:
     def __init__(self, index: int, source: _Source, run: _Run) -> None:
         self.index, self.source, self.run = index, source, run
         self.cancel = _Cancel(run.cancel)
-        self.multipart = 0 < source.size >= run.threshold
+        self.multipart = run.goes_multipart(source)
         self.file_id = self.url = self.s3_key = ""
         self.plan: Optional[_Plan] = None
         self.etags: Dict[int, str] = {}
@@ -1514,6 +1525,9 @@ class _Run:
         self.exhausted = False
         self._queued = 0
         self._lock = threading.Lock()
+
+    def goes_multipart(self, source: _Source) -> bool:
+        return 0 < source.size >= self.threshold
 
     # -- the loop -----------------------------------------------------------
 
@@ -1572,7 +1586,7 @@ class _Run:
             offset, length = job.plan.span(number)
             try:
                 return self.api.put(job.plan.urls[number - 1], job.source, offset, length,
-                                        number, job.add_progress, job.cancel)
+                                    number, job.add_progress, job.cancel)
             except _Expired:
                 raise TransferError("the presigned URL of part %d of %s expired; the multipart "
                                     "upload was aborted" % (number, job.source.name), 403,
@@ -1725,10 +1739,10 @@ class _Run:
         self.started.discard(job)
         self._succeed(job, multipart=True)
 
-    def _abort(self, job: _Job, timeout: Optional[float] = None) -> None:
+    def _abort(self, job: _Job) -> None:
         self.started.discard(job)
         assert job.plan is not None
-        self.api.abort(job.plan.ids(), timeout)
+        self.api.abort(job.plan.ids())
         self._finish(job, job.error or TransferError("multipart upload aborted"))
 
     def _succeed(self, job: _Job, multipart: bool) -> None:
@@ -1737,13 +1751,11 @@ class _Run:
                               job.s3_key, multipart)
         if self.link:
             try:
-                result = result._replace(url=self.api.link(job.file_id))
-            except (AuthError, _Cancelled):
+                result = result._replace(url=self.api.link_uploaded(source.name, job.file_id))
+            except AuthError:
                 raise
-            except FilesLinkError as exc:
-                self._finish(job, APIError("%s was uploaded (id %s) but its link was not "
-                                           "created: %s" % (source.name, job.file_id, exc),
-                                           getattr(exc, "status", None)))
+            except APIError as exc:
+                self._finish(job, exc)
                 return
         self._finish(job, result)
 
@@ -1906,7 +1918,7 @@ class Client:
         src = _open_source(source, name, mime_type)
         run = self._run(folder, progress, link, None)
         try:
-            if 0 < src.size >= self.multipart_threshold:  # parts in parallel: a coordinator
+            if run.goes_multipart(src):  # parts in parallel: the coordinator's work
                 results = run.run([src])
                 if run.failures:
                     raise run.failures[0][2]
@@ -1917,7 +1929,7 @@ class Client:
             run.send_single(job)
             src.check_unchanged()
             self._api.confirm([job.file_id], run.cancel)
-            url = self.create_link(job.file_id) if link else None
+            url = self._api.link_uploaded(src.name, job.file_id) if link else None
             return UploadedFile(job.file_id, src.name, src.size, src.mime_type, job.s3_key,
                                 False, url)
         finally:
@@ -2104,9 +2116,9 @@ class _Bar:
         self._drawn = now
         elapsed = max(now - self._start, 1e-6)
         rate = self._bytes / elapsed
-        line = "%d/%d files  %s / %s  %s/s" % (self._done + self._failed, self._files,
-                                              _human(self._bytes), _human(self._total),
-                                              _human(rate))
+        line = "%d/%d files  %s / %s  %s/s" % (
+            self._done + self._failed, self._files, _human(self._bytes), _human(self._total),
+            _human(rate))
         if rate > 0 and self._total > self._bytes:
             line += "  ETA %s" % _clock((self._total - self._bytes) / rate)
         self._stream.write("\r" + line + "\x1b[K")

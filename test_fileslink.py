@@ -2622,6 +2622,20 @@ class TestCoreApi(TestCoreCase):
         self.assertIsNone(plain.url)
         self.assertIsNone(self.fake.files[plain.id].link)
 
+    def test_a_link_that_fails_says_the_file_was_uploaded(self) -> None:
+        client = self.client(multipart_threshold=5 * MiB)
+        for label, size in (("single-part", 10), ("multipart", 5 * MiB + 3)):
+            with self.subTest(label):
+                self.fake.inject("api", status=400, path_contains="/v1/p", times=1)
+                data = pseudo_random_bytes(size, seed=size)
+                with self.assertRaises(fileslink.APIError) as caught:
+                    client.upload(data, self.fake.folder_id, name="l.bin", link=True)
+                self.assertEqual(caught.exception.status, 400)
+                self.assertIn("was uploaded (id ", str(caught.exception))
+                file_id = str(caught.exception).split("(id ")[1].split(")")[0]
+                self.assertTrue(self.fake.files[file_id].uploaded)
+                self.assertEqual(self.fake.files[file_id].data, data)
+
     def test_project_and_folder_methods(self) -> None:
         client = self.client()
         projects = client.list_projects()
