@@ -1847,7 +1847,7 @@ class TestCoreMultipartAliases(TestCoreSmallPartsCase):
 
 
 class TestCorePartPlan(unittest.TestCase):
-    """fileslink._plan_parts: the plan the service hands out, checked before any PUT."""
+    """fileslink._parse_plan: the plan the service hands out, checked before any PUT."""
 
     @staticmethod
     def _core_data(part_size: Optional[int], numbers: List[Any]) -> Dict[str, Any]:
@@ -1863,7 +1863,7 @@ class TestCorePartPlan(unittest.TestCase):
         size = 1024 ** 4
         part_size = 105 * MiB                 # the smallest whole MiB giving <= 10,000 parts
         count = -(-size // part_size)
-        plan = fileslink._plan_parts(size, self._core_data(part_size, list(range(1, count + 1))))
+        plan = fileslink._parse_plan(size, self._core_data(part_size, list(range(1, count + 1))))
         self.assertLessEqual(len(plan.urls), 10000)
         self.assertEqual(len(plan.urls), count)
         spans = [plan.span(n) for n in (1, 2, count)]
@@ -1873,12 +1873,12 @@ class TestCorePartPlan(unittest.TestCase):
         self.assertEqual(sum(plan.span(n)[1] for n in range(1, count + 1)), size)
 
     def test_exactly_ten_thousand_parts_are_accepted(self) -> None:
-        plan = fileslink._plan_parts(10000 * 5 * MiB,
+        plan = fileslink._parse_plan(10000 * 5 * MiB,
                                      self._core_data(5 * MiB, list(range(1, 10001))))
         self.assertEqual(len(plan.urls), 10000)
 
     def test_parts_listed_out_of_order_are_sent_by_number(self) -> None:
-        plan = fileslink._plan_parts(3 * MiB, self._core_data(MiB, [3, 1, 2]))
+        plan = fileslink._parse_plan(3 * MiB, self._core_data(MiB, [3, 1, 2]))
         self.assertEqual([u.rsplit("=", 1)[1] for u in plan.urls], ["1", "2", "3"])
 
     def test_plans_that_cannot_be_right_are_protocol_errors(self) -> None:
@@ -1900,7 +1900,7 @@ class TestCorePartPlan(unittest.TestCase):
         for label, size, data in cases:
             with self.subTest(label):
                 with self.assertRaises(fileslink.ProtocolError):
-                    fileslink._plan_parts(size, data)
+                    fileslink._parse_plan(size, data)
 
 
 # ---------------------------------------------------------------------------
@@ -1957,18 +1957,19 @@ class TestCoreWire(TestCoreCase):
         self.assertLess(peak, 4 * MiB)
 
     def _core_count_connections(self) -> Dict[int, int]:
-        """Patch-free of fileslink: counts TCP connections opened through
-        socket.create_connection (what http.client uses), per port, from now on."""
+        """Patch-free of fileslink: counts the TCP connections the fake accepts,
+        per port, from now on."""
         counts: Dict[int, int] = {}
-        real = socket.create_connection
+        real = _Handler.setup
         lock = threading.Lock()
 
-        def counting(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
+        def counting(handler: Any) -> None:
             with lock:
-                counts[address[1]] = counts.get(address[1], 0) + 1
-            return real(address, *args, **kwargs)
+                port = handler.server.server_address[1]
+                counts[port] = counts.get(port, 0) + 1
+            real(handler)
 
-        patcher = mock.patch.object(socket, "create_connection", counting)
+        patcher = mock.patch.object(_Handler, "setup", counting)
         patcher.start()
         self.addCleanup(patcher.stop)
         return counts
@@ -2316,19 +2317,33 @@ class TestCoreExpired(TestCoreSmallPartsCase):
         self.assertEqual(len(self.core_puts()), 3)
         self.assertEqual(self.core_confirms(), [])
 
-    def test_expired_part_url_fails_the_upload_and_aborts_it(self) -> None:
-        path, _ = self.make_file("expiring.bin", 4 * MiB, seed=53)
+    def test_part_urls_expired_on_arrival_are_initiated_again_once(self) -> None:
+        path, data = self.make_file("expiring.bin", 4 * MiB, seed=53)
         self.fake.inject("storage", expire=True)
         client = self.client(multipart_threshold=MiB, max_workers=1)
+        result = self.core_upload_within(10, client, path, self.fake.folder_id)
+        self.core_assert_stored(result, data)
+        self.assertEqual(self.core_puts()[0].status, 403)
+        first, second = self.fake.multipart.values()
+        self.assertEqual((first.state, second.state), ("aborted", "completed"))
+        self.assertEqual(len(self.fake.api_calls("/initiate")), 2)
+
+    def test_part_urls_that_expire_mid_upload_fail_it_naming_the_lifetime(self) -> None:
+        path, _ = self.make_file("slow.bin", 4 * MiB, seed=54)
+        client = self.client(multipart_threshold=MiB, max_workers=1)
+
+        def progress(name: str, sent: int, total: int) -> None:
+            if sent == MiB:   # part 1 is in: the clock runs past every URL's lifetime
+                self.fake.advance_clock(self.fake.url_ttl + 60)
+
         with self.assertRaises(fileslink.TransferError) as caught:
-            self.core_upload_within(10, client, path, self.fake.folder_id)
-        first = self.core_puts()[0]
-        self.assertEqual(first.status, 403)
-        self.assertEqual(caught.exception.part, int(first.query["partNumber"]))
-        self.assertEqual(caught.exception.status, 403)
+            client.upload(path, self.fake.folder_id, progress=progress)
+        self.assertEqual((caught.exception.status, caught.exception.part), (403, 2))
+        self.assertIn("lifetime is 0:15:00", str(caught.exception))
+        self.assertIn("after the upload had run", str(caught.exception))
         (up,) = self.fake.multipart.values()
         self.assertEqual(up.state, "aborted")
-        self.assertEqual(len(self.fake.api_calls("/initiate")), 1)   # no second initiate
+        self.assertEqual(len(self.fake.api_calls("/initiate")), 1)
 
 
 # ---------------------------------------------------------------------------
@@ -3034,7 +3049,8 @@ class TestCliUpload(TestCliCase):
         logger = logging.getLogger("fileslink")
         self.addCleanup(logger.setLevel, logger.level)
         for flag, expected in (("-v", r"INFO: uploaded v\.txt as "),
-                               ("-vv", r"DEBUG: POST /v1/files/[^ ]+ -> 200 \(try 1")):
+                               ("-v", r"INFO: POST /v1/files/[^ ]+ -> 200 \(try 2"),
+                               ("-vv", r"DEBUG: PUT v\.txt to [^ ]+\?\.\.\. -> 200 \(try 1")):
             with self.subTest(flag=flag):
                 # A careless server echoes the key in an error: it must not reach the log.
                 self.fake.inject("api", status=503, body={"success": False, "message":
@@ -3044,7 +3060,7 @@ class TestCliUpload(TestCliCase):
                 self.assertRegex(err, expected)
                 self.assertNotIn(self.fake.api_key, err)
                 self.assertEqual(logger.handlers, [])   # main() removed its handler
-        self.assertIn("try 2 of", err)                    # -vv shows the retry and its wait
+        self.assertIn("try 2 of", err)                    # -v shows the retry and its wait
         self.assertIn("***", err)
 
     def test_verbose_leaves_the_fileslink_logger_level_as_it_found_it(self) -> None:
@@ -4274,14 +4290,14 @@ class TestReliabAbort(TestReliabCase):
         self.assertEqual({u.state for u in self.fake.multipart.values()}, {"aborted"})
         _reliab_join_workers(self)
 
-    def test_an_expired_part_url_aborts_the_multipart_upload(self) -> None:
+    def test_part_urls_expired_on_arrival_give_up_after_bounded_initiates(self) -> None:
         path, _ = self.make_file("parts.bin", 8 * _RELIAB_PART, seed=10)
-        self.fake.inject("storage", expire=True)
+        self.fake.inject("storage", expire=True, times=100)
         with self.assertRaises(fileslink.TransferError) as cm:
             self.client(max_workers=2).upload(path)
         self.assertEqual(cm.exception.status, 403)
         self.assertIn("expired", str(cm.exception))
-        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"] * 3)
         self.assertEqual(self.fake.api_calls("complete"), [])
         _reliab_join_workers(self)
 
