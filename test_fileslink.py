@@ -2339,7 +2339,7 @@ class TestCoreExpired(TestCoreSmallPartsCase):
         with self.assertRaises(fileslink.TransferError) as caught:
             client.upload(path, self.fake.folder_id, progress=progress)
         self.assertEqual((caught.exception.status, caught.exception.part), (403, 2))
-        self.assertIn("lifetime is 0:15:00", str(caught.exception))
+        self.assertIn("lifetime is 15 min", str(caught.exception))
         self.assertIn("after the upload had run", str(caught.exception))
         (up,) = self.fake.multipart.values()
         self.assertEqual(up.state, "aborted")
@@ -4828,6 +4828,324 @@ class TestReliabBadInput(TestReliabCase):
                     check(cm.exception)
                 if offline:
                     self.assertEqual(fake.log[before:], [], "no request before a local error")
+
+
+# ---------------------------------------------------------------------------
+# The journal of resumable uploads, on its own (no engine, no Client)
+# ---------------------------------------------------------------------------
+
+#: A second process for the journal tests: argv = repo, mode, state dir, path.
+_JOURNAL_CHILD = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import fileslink
+mode, state, path = sys.argv[2:5]
+try:
+    journal = fileslink._Journal.open(state, "https://api.example", "folder-1", path)
+except fileslink.ConfigError as exc:
+    print(exc)
+    sys.exit(3)
+if mode == "crash-before-rename":
+    os.replace = lambda *args: os._exit(9)     # dies where a power cut could
+    journal.create(json.loads(sys.stdin.read()))
+print("locked")
+"""
+
+
+def _signed_url(number: int, signed_at: float, lifetime: int, vendor: str = "Amz") -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(signed_at))
+    return ("https://storage.example/bucket/big.bin?partNumber=%d&uploadId=up-1&X-%s-Date=%s"
+            "&X-%s-Expires=%d&X-%s-Signature=%s" % (number, vendor, stamp, vendor, lifetime,
+                                                     vendor, "ab" * 32))
+
+
+def _mode_of(path: str) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def _query_of(url: str) -> Dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query))
+
+
+class TestJournal(unittest.TestCase):
+
+    base_url, folder = "https://api.example", "folder-1"
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="fileslink-journal-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.state = os.path.join(self.tmp, "state")
+        self.path = self.write("big.bin", pseudo_random_bytes(3 * MiB))
+        self.now = float(int(time.time()))
+
+    def write(self, name: str, data: bytes) -> str:
+        path = os.path.join(self.tmp, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def open(self, path: Optional[str] = None) -> "fileslink._Journal":
+        journal = fileslink._Journal.open(self.state, self.base_url, self.folder, path or self.path)
+        self.addCleanup(journal.close)
+        return journal
+
+    def record(self, urls: Optional[List[str]] = None, path: Optional[str] = None,
+               file_id: str = "file-1", upload_id: str = "up-1") -> Dict[str, Any]:
+        if urls is None:
+            urls = [_signed_url(n, self.now, 3600) for n in (1, 2, 3)]
+        return fileslink._journal_record(
+            self.base_url, self.folder, fileslink._source_identity(path or self.path),
+            file_id=file_id, upload_id=upload_id, key="k/big.bin", bucket="bucket",
+            name="big.bin", mime_type="application/octet-stream", size=3 * MiB,
+            part_size=-(-3 * MiB // len(urls)), urls=urls, now=self.now)
+
+    def child(self, mode: str, stdin: bytes = b"") -> "subprocess.CompletedProcess[str]":
+        return subprocess.run([sys.executable, "-c", _JOURNAL_CHILD, HERE, mode, self.state,
+                               self.path], input=stdin.decode(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+
+    def files(self) -> List[str]:
+        return sorted(os.listdir(self.state))
+
+    def test_state_dir_is_the_variable_else_the_user_cache_directory(self) -> None:
+        if os.name == "nt":
+            self.skipTest("the POSIX layout")
+        rows = [({"FILESLINK_STATE_DIR": "/s", "XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/s"),
+                ({"XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/x/fileslink"),
+                ({"XDG_CACHE_HOME": "relative", "HOME": "/h"}, "/h/.cache/fileslink"),
+                ({"FILESLINK_STATE_DIR": "", "HOME": "/h"}, "/h/.cache/fileslink")]
+        for environ, want in rows:
+            with self.subTest(environ):
+                self.assertEqual(fileslink._state_dir(environ), want)
+
+    def test_journal_files_are_0600_in_a_0700_directory_and_never_hold_the_api_key(self) -> None:
+        with FakeFilesLink() as fake:          # the fake's real part URLs, as initiate gives them
+            meta = {"fileMetadata": {"name": "big.bin", "size": 3 * MiB,
+                                     "mimeType": "application/octet-stream"}}
+            status, _, body = _http(
+                fake.base_url + "/v1/files/multipart/%s/initiate" % fake.folder_id, "POST",
+                json.dumps(meta).encode(), {"Authorization": fake.api_key,
+                                            "Content-Type": "application/json"})
+        self.assertEqual(status, 200)
+        data = json.loads(body)["data"]
+        urls = [p["url"] for p in data["parts"]]
+        journal = self.open()
+        record = self.record(urls)
+        journal.create(record)
+        journal.add_part(1, '"etag-1"')
+        self.assertEqual(_mode_of(self.state), 0o700)
+        self.assertEqual({name: _mode_of(os.path.join(self.state, name)) for name in self.files()},
+                         {journal.name + suffix: 0o600 for suffix in (".json", ".lock", ".parts")})
+        for name in self.files():
+            with open(os.path.join(self.state, name), "rb") as f:
+                self.assertNotIn(fake.api_key.encode(), f.read(), name)
+        signed = calendar.timegm(time.strptime(_query_of(urls[0])["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+        self.assertEqual(journal.load()["parts"][0]["expires"], signed + fake.url_ttl)
+        with self.assertRaises(ValueError):    # a record with anything more is refused
+            journal.create(dict(record, api_key=fake.api_key))
+        self.assertEqual(journal.load()["etags"], {1: '"etag-1"'})
+
+    def test_a_crash_between_write_and_rename_leaves_the_old_record_whole(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        journal.add_part(1, '"a"')
+        old = journal.load()
+        journal.close()
+        child = self.child("crash-before-rename",
+                           json.dumps(self.record(upload_id="up-2")).encode())
+        self.assertEqual(child.returncode, 9, child.stderr)
+        self.assertTrue(any(name.endswith(".tmp") for name in self.files()), self.files())
+        again = self.open()
+        self.assertEqual(again.load(), old)
+        self.assertFalse([name for name in self.files() if name.endswith(".tmp")])
+
+    def test_a_torn_part_record_counts_as_not_stored_and_the_next_one_survives(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        journal.add_part(1, '"a"')
+        journal.close()
+        with open(os.path.join(self.state, journal.name + ".parts"), "ab") as f:
+            f.write(b'{"n": 2, "etag": "\\"b')    # kill -9 in the middle of an append
+        again = self.open()
+        self.assertEqual(again.load()["etags"], {1: '"a"'})
+        again.add_part(3, '"c"')
+        self.assertEqual(again.load()["etags"], {1: '"a"', 3: '"c"'})
+
+    def test_a_corrupt_journal_reads_as_absent_and_says_so_at_debug_level(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        with open(os.path.join(self.state, journal.name + ".json"), "wb") as f:
+            f.write(b'{"version": 1, "parts": [')
+        with self.assertLogs("fileslink", "DEBUG") as logs:
+            self.assertIsNone(journal.load())
+        self.assertIn("ignoring the journal", logs.output[0])
+        self.assertEqual(fileslink._Journal.entries(self.state), [])
+        journal.create(self.record())          # and a fresh upload simply replaces it
+        self.assertEqual(journal.load()["upload_id"], "up-1")
+
+    def test_a_second_process_is_refused_while_the_first_holds_the_journal(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        refused = self.child("lock")
+        self.assertEqual(refused.returncode, 3, refused.stderr)
+        self.assertIn("%s is being uploaded by another fileslink process (pid %d)"
+                      % (self.path, os.getpid()), refused.stdout)
+        journal.close()
+        granted = self.child("lock")
+        self.assertEqual((granted.returncode, granted.stdout), (0, "locked\n"), granted.stderr)
+        journal = self.open()
+        journal.remove()                       # the lock file goes too, unlinked under the lock
+        journal.close()
+        self.assertEqual(self.files(), [])
+        self.open().close()                    # and a new one is made for the next upload
+
+    def test_open_refuses_a_state_directory_it_cannot_write(self) -> None:
+        plain = self.write("plain-file", b"x")
+        for label, state in (("its parent is a regular file", os.path.join(plain, "state")),
+                             ("it is a regular file", plain)):
+            with self.subTest(label):
+                with self.assertRaises(fileslink.ConfigError) as cm:
+                    fileslink._Journal.open(state, self.base_url, self.folder, self.path)
+                self.assertIn(state, str(cm.exception))
+                self.assertIn("FILESLINK_STATE_DIR", str(cm.exception))
+        with open(plain, "rb") as f:
+            self.assertEqual(f.read(), b"x")
+
+    def test_url_expiry_reads_amz_and_goog_lifetimes(self) -> None:
+        rows = [("amz", _signed_url(1, self.now, 900), self.now + 900),
+                ("goog", _signed_url(1, self.now, 604800, "Goog"), self.now + 604800),
+                ("names in lower case", _signed_url(1, self.now, 60).replace("X-Amz-", "x-amz-"),
+                 self.now + 60),
+                ("no lifetime", "https://storage.example/b/k?partNumber=1&sig=abc", None),
+                ("a date without a lifetime", _signed_url(1, self.now, 1).replace(
+                    "X-Amz-Expires", "X-Other"), None),
+                ("a 13th month", "https://s.example/k?X-Amz-Date=20241301T000000Z"
+                                 "&X-Amz-Expires=900", None),
+                ("a lifetime that is not a number", _signed_url(1, self.now, 900).replace(
+                    "Expires=900", "Expires=soon"), None)]
+        for label, url, want in rows:
+            with self.subTest(label):
+                self.assertEqual(fileslink._url_expiry(url), want)
+
+    def test_source_identity_sees_a_rewritten_end_but_not_a_read(self) -> None:
+        before = fileslink._source_identity(self.path)
+        with open(self.path, "rb") as f:
+            f.read()
+        self.assertEqual(fileslink._source_identity(self.path), before)
+        st = os.stat(self.path)
+        with open(self.path, "r+b") as f:       # same size, new last byte, mtime put back
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+            f.seek(-1, os.SEEK_END)
+            f.write(bytes([last[0] ^ 0xFF]))
+        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        after = fileslink._source_identity(self.path)
+        self.assertEqual({k: after[k] for k in ("size", "mtime_ns", "inode")},
+                         {k: before[k] for k in ("size", "mtime_ns", "inode")})
+        self.assertNotEqual(after["digest"], before["digest"])
+        small = self.write("small.txt", b"hello world")
+        first = fileslink._source_identity(small)["digest"]
+        self.write("small.txt", b"hello World")
+        self.assertNotEqual(fileslink._source_identity(small)["digest"], first)
+
+    def test_resume_check_says_why_a_journal_cannot_be_resumed(self) -> None:
+        now = self.now
+        record = dict(self.record(), etags={})
+        same = fileslink._source_identity(self.path)
+
+        def changed(**kw: Any) -> Dict[str, Any]:
+            return dict(same, **kw)
+
+        def parts(*lifetimes: int) -> Dict[str, Any]:
+            return dict(self.record([_signed_url(n, now, t) for n, t in enumerate(lifetimes, 1)]),
+                        etags={})
+
+        rows: List[Tuple[str, Dict[str, Any], str, str, Dict[str, Any], float, Optional[str]]] = [
+            ("the same upload", record, self.base_url, self.folder, same, now, None),
+            ("another API", record, "https://other.example", self.folder, same, now,
+             "started against https://api.example, not https://other.example"),
+            ("another folder", record, self.base_url, "folder-2", same, now,
+             "in folder folder-1, not folder-2"),
+            ("a new size", record, self.base_url, self.folder, changed(size=5), now,
+             "size 3145728 -> 5"),
+            ("another inode", record, self.base_url, self.folder, changed(inode=1), now,
+             "replaced"),
+            ("a new mtime", record, self.base_url, self.folder, changed(mtime_ns=1), now,
+             "modified"),
+            ("other bytes", record, self.base_url, self.folder, changed(digest="0" * 64), now,
+             "its start or end differs"),
+            ("expired", record, self.base_url, self.folder, same, now + 3700,
+             "the URLs of its 3 parts left expired 100 s ago"),
+            ("expiring within the margin", record, self.base_url, self.folder, same, now + 3570,
+             "the URLs of its 3 parts left expire in 30 s"),
+            ("only stored parts expired", dict(parts(60, 60, 7200), etags={1: "a", 2: "b"}),
+             self.base_url, self.folder, same, now + 600, None),
+            ("every part stored", dict(record, etags={1: "a", 2: "b", 3: "c"}), self.base_url,
+             self.folder, same, now + 86400, None),
+            ("URLs that carry no lifetime", dict(self.record(["https://s.example/1"]), etags={}),
+             self.base_url, self.folder, same, now + 86400, None),
+        ]
+        for label, rec, base_url, folder, identity, at, reason in rows:
+            with self.subTest(label):
+                got = fileslink._resume_check(rec, base_url, folder, identity, at)
+                if reason is None:
+                    self.assertIsNone(got)
+                else:
+                    self.assertIn(reason, got or "")
+
+    def test_pending_lists_every_journal_and_claim_locks_one_to_remove_it(self) -> None:
+        other = self.write("other.bin", b"other")
+        first, second = self.open(), self.open(other)
+        first.create(self.record([_signed_url(n, self.now, 60 * n) for n in (1, 2, 3)]))
+        first.add_part(1, '"a"')
+        first.add_part(2, '"b"')
+        second.create(self.record(path=other, file_id="file-2", upload_id="up-2"))
+        pending = sorted(map(fileslink._pending, fileslink._Journal.entries(self.state)),
+                         key=lambda p: p.id)
+        self.assertEqual(pending[0], fileslink.PendingUpload(
+            "file-1", "big.bin", 3 * MiB, 2, 3, self.now + 180, self.folder, self.path))
+        self.assertEqual((pending[1].id, pending[1].parts_done, pending[1].path),
+                         ("file-2", 0, other))
+        with self.assertRaises(AttributeError):
+            pending[0].parts_done = 3
+        self.assertEqual(pending[0].to_dict()["partsDone"], 2)
+        with self.assertRaises(fileslink.ConfigError):   # `first` is still uploading it
+            fileslink._Journal.claim(self.state, "file-1")
+        first.close()
+        claimed = fileslink._Journal.claim(self.state, "file-1")
+        assert claimed is not None
+        claimed.remove()
+        claimed.close()
+        self.assertEqual([r["file_id"] for r in fileslink._Journal.entries(self.state)],
+                         ["file-2"])
+        self.assertEqual([n for n in self.files() if n.startswith(claimed.name)], [])
+        self.assertIsNone(fileslink._Journal.claim(self.state, "file-1"))
+        self.assertEqual(fileslink._Journal.entries(os.path.join(self.tmp, "nowhere")), [])
+
+    def test_parts_recorded_from_many_threads_on_a_10000_part_journal_all_read_back(self) -> None:
+        # 400 parts, not 10,000: each add_part waits for an fsync (~0.3 ms here).
+        urls = [_signed_url(n, self.now, 3600) for n in range(1, 10001)]
+        journal = self.open()
+        journal.create(self.record(urls))
+        etags = {n: '"%032x"' % n for n in range(1, 10001, 25)}
+        numbers = sorted(etags)
+
+        def record_parts(share: List[int]) -> None:
+            for n in share:
+                journal.add_part(n, etags[n])
+
+        threads = [threading.Thread(target=record_parts, args=(numbers[k::8],)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        loaded = journal.load()
+        self.assertEqual(loaded["etags"], etags)
+        self.assertEqual(fileslink._pending(loaded).parts_done, 400)
+        with open(os.path.join(self.state, journal.name + ".parts"), "rb") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 401)      # the header, then one whole line per part
+        self.assertTrue(all(json.loads(line) for line in lines))
 
 
 # ---------------------------------------------------------------------------
