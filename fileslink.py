@@ -1949,6 +1949,12 @@ def _next_expiry(record: Json) -> Optional[float]:
     return min(known) if known else None
 
 
+def _record_plan(record: Json) -> _Plan:
+    """The multipart upload a journal record describes."""
+    return _Plan(record["file_id"], record["upload_id"], record["key"], record["bucket"],
+                 record["size"], record["part_size"], [p["url"] for p in record["parts"]])
+
+
 def _pending(record: Json) -> PendingUpload:
     """A loaded record as `fileslink pending` shows it."""
     return PendingUpload(record["file_id"], record["name"], record["size"],
@@ -2331,6 +2337,10 @@ class _Journal:
 # ---------------------------------------------------------------------------
 
 
+#: What _abort returns for an upload left open, journaled, to be resumed.
+_KEPT = "kept to be resumed"
+
+
 def _fd_room(workers: int, batch_size: int) -> int:
     """Workers the open-file limit leaves room for. Each may hold a socket
     and an idle one, and a file or two admitted ahead of it; a batch of
@@ -2375,6 +2385,8 @@ class _Job:
         #: expired URL, the URLs were dead on arrival (a clock skew, a stall).
         self.early: Set[Optional[int]] = set()
         self.restart = False  # its part URLs expired early: initiate again once idle
+        self.expired_for_good = False
+        self.journal: Optional[_Journal] = None  # with resume on, for a path
         self.warned = False
         self._progress = progress
         self._sent = 0
@@ -2410,11 +2422,13 @@ class _Transfer:
 
     def __init__(self, api: _API, workers: int, threshold: int, batch_size: int,
                  folder_id: str, progress: Optional[Progress], link: bool,
-                 on_file: Optional[Callable[[int, Any], None]], skip_existing: bool) -> None:
+                 on_file: Optional[Callable[[int, Any], None]], skip_existing: bool,
+                 resume: bool) -> None:
         self.api, self.threshold, self.batch_size = api, threshold, batch_size
         self.workers = _fd_room(workers, batch_size)
         self.folder, self.progress, self.link, self.on_file = folder_id, progress, link, on_file
-        self.skip_existing = skip_existing
+        self.skip_existing, self.resume = skip_existing, resume
+        self.state_dir = _state_dir() if resume else ""
         self.existing: Dict[Tuple[str, int], UploadedFile] = {}
         self.cancel = _Cancel()
         self.pool: Optional[ThreadPoolExecutor] = None
@@ -2436,6 +2450,8 @@ class _Transfer:
     def execute(self, items: Iterable[Any]) -> List[Any]:
         numbered = enumerate(items)
         try:
+            if self.resume:  # a journal that cannot be written fails before any call
+                _prepare_state_dir(self.state_dir)
             if self.skip_existing:  # one listing, however many files
                 self.existing = _index_existing(self.api.list_files(self.folder))
             while self._fill(numbered) or self.futures:
@@ -2566,11 +2582,48 @@ class _Transfer:
             self.parts.append(job)
 
     def _open_upload(self, job: _Job) -> None:
-        job.plan = self.api.initiate(self.folder, job.source, self.cancel)
-        job.initiated = time.monotonic()
+        path = job.source.path
+        if self.resume and path is not None and job.journal is None:
+            job.journal = _Journal.open(self.state_dir, self.api.base_url, self.folder, path)
+            job.plan = self._resumed_plan(job)
+        if job.plan is None:
+            job.plan = self.api.initiate(self.folder, job.source, self.cancel)
+            job.initiated = time.monotonic()
+            if job.journal is not None and path is not None:
+                job.journal.create(_journal_record(
+                    self.api.base_url, self.folder, _source_identity(path),
+                    file_id=job.plan.file_id, upload_id=job.plan.upload_id, key=job.plan.key,
+                    bucket=job.plan.bucket, name=job.source.name,
+                    mime_type=job.source.mime_type, size=job.source.size,
+                    part_size=job.plan.part_size, urls=job.plan.urls, now=time.time()))
         job.file_id, job.s3_key = job.plan.file_id, job.plan.key
-        job.todo = collections.deque(range(1, len(job.plan.urls) + 1))
+        job.todo = collections.deque(n for n in range(1, len(job.plan.urls) + 1)
+                                     if n not in job.etags)
         self.open_uploads.add(job)
+
+    def _resumed_plan(self, job: _Job) -> Optional[_Plan]:
+        """The plan a journal holds for this upload, if it may be continued;
+        a journal that may not is aborted (best effort) and dropped."""
+        assert job.journal is not None and job.source.path is not None
+        record = job.journal.load()
+        if record is None:
+            return None
+        reason = _resume_check(record, self.api.base_url, self.folder,
+                               _source_identity(job.source.path), time.time())
+        if reason is None and (record["name"], record["mime_type"]) != (
+                job.source.name, job.source.mime_type):
+            reason = "it was started under another name or type"
+        plan = _record_plan(record)
+        if reason is not None:
+            _log(_WARNING, "%s: not resumed, uploading afresh: %s", job.source.name, reason)
+            self.api.abort(plan.ids())
+            job.journal.remove()
+            return None
+        job.etags = dict(record["etags"])
+        job.initiated = time.monotonic() - max(0.0, time.time() - record["created"])
+        _log(_WARNING, "%s: resuming: %d of %d parts already stored", job.source.name,
+             len(job.etags), len(plan.urls))
+        return plan
 
     # -- the coordinator's decisions ------------------------------------------
 
@@ -2592,10 +2645,21 @@ class _Transfer:
                 self._fail(job, exc)
             else:
                 if number is not None:
-                    job.etags[number] = etag
+                    self._stored(job, number, etag)
             self._settle(job)
         for job in list(self.open_uploads):
             self._warn_if_late(job)
+
+    def _stored(self, job: _Job, number: int, etag: str) -> None:
+        """Count a part as stored: with resume on, only once its journal
+        record is on disk, so a crash now never loses what it claims."""
+        if job.journal is not None:
+            try:
+                job.journal.add_part(number, etag)
+            except OSError as exc:
+                self._fail(job, exc)
+                return
+        job.etags[number] = etag
 
     def _settle(self, job: _Job) -> None:
         """Whatever a job's last reaped task leaves it ready for."""
@@ -2646,6 +2710,7 @@ class _Transfer:
             self._withdraw(job)  # the other parts' URLs are as old
             return
         lifetime = _url_lifetime(job.plan.urls[(number or 1) - 1])
+        job.expired_for_good = True  # a journal of dead URLs could not be resumed
         self._fail(job, TransferError(
             "the presigned URL of part %d of %s expired after the upload had run %s (the "
             "URLs' lifetime is %s); the multipart upload was aborted" % (
@@ -2655,8 +2720,8 @@ class _Transfer:
     def _reinitiate(self, job: _Job) -> None:
         _log(_INFO, "%s: part URLs expired before any part was stored; initiating again",
              job.source.name)
-        self._abort(job)
-        job.restart = False
+        self._abort(job, keep=False)
+        job.restart, job.plan = False, None
         job.etags, job.early = {}, set()
         job.add_progress(-job.sent())
         job.cancel.detach()
@@ -2706,14 +2771,24 @@ class _Transfer:
 
         if self._step([job], complete):
             self.open_uploads.discard(job)
+            if job.journal is not None:
+                job.journal.remove()
             self._succeed(job)
 
-    def _abort(self, job: _Job, timeout: Optional[float] = None) -> Optional[str]:
+    def _abort(self, job: _Job, timeout: Optional[float] = None,
+               keep: bool = True) -> Optional[str]:
         """End an open multipart upload that will not be completed (the only
-        caller of api.abort for one); None if aborted, else why not."""
+        caller of api.abort for one); None if aborted, else why not. With
+        resume on and `keep`, it is left open on purpose, journaled."""
         assert job.plan is not None
         self.open_uploads.discard(job)
-        return self.api.abort(job.plan.ids(), timeout)
+        if job.journal is not None and keep and not job.expired_for_good:
+            _log(_INFO, "%s: multipart upload kept, to be resumed", job.source.name)
+            return _KEPT
+        reason = self.api.abort(job.plan.ids(), timeout)
+        if job.journal is not None:
+            job.journal.remove()
+        return reason
 
     def _succeed(self, job: _Job) -> None:
         source = job.source
@@ -2735,6 +2810,8 @@ class _Transfer:
         if isinstance(outcome, BaseException) and job.error is None:
             job.error = outcome
         job.source.close()
+        if job.journal is not None:
+            job.journal.close()
         job.cancel.detach()
         self.live.discard(job)
         self._record(job.index, job.source.name, outcome)
@@ -2769,7 +2846,9 @@ class _Transfer:
         for job in sorted(self.live, key=lambda j: j.index):
             text = "upload of %s stopped" % job.source.name
             aborted: Optional[bool] = None
-            if job in failed:
+            if failed.get(job) is _KEPT:
+                text += "; its multipart upload was kept, to be resumed"
+            elif job in failed:
                 aborted = failed[job] is None
                 text += "; its multipart upload %s" % (
                     "was aborted" if aborted else "could not be aborted: %s" % failed[job])
@@ -2897,7 +2976,8 @@ class Client:
 
     def upload(self, source: Source, folder_id: Optional[str] = None, *,
                name: Optional[str] = None, mime_type: Optional[str] = None,
-               progress: Optional[Progress] = None, link: bool = False) -> UploadedFile:
+               progress: Optional[Progress] = None, link: bool = False,
+               resume: bool = False) -> UploadedFile:
         """Upload one file and return it.
 
         Args:
@@ -2910,6 +2990,10 @@ class Client:
             mime_type: default guessed from the name.
             progress: progress(name, sent, total), called from worker threads.
             link: also create a permanent public link (UploadedFile.url).
+            resume: a multipart upload of a path that stops before it
+                completes (Ctrl-C, SIGTERM, a crash, retries exhausted) is
+                left open and journaled; the same upload run again sends
+                only the parts not yet stored (README: "Resuming").
 
         Raises:
             OSError: the local file is missing, a directory or unreadable.
@@ -2920,7 +3004,7 @@ class Client:
         """
         folder = self._folder(folder_id)
         src = _open_source(source, name, mime_type)
-        transfer = self._transfer(folder, progress, link, None, False)
+        transfer = self._transfer(folder, progress, link, None, False, resume)
         results = transfer.execute([src])
         if transfer.failures:
             raise transfer.failures[0][2]
@@ -2928,7 +3012,7 @@ class Client:
 
     def upload_many(self, sources: Iterable[Item], folder_id: Optional[str] = None, *,
                     progress: Optional[Progress] = None, link: bool = False,
-                    skip_existing: bool = False,
+                    skip_existing: bool = False, resume: bool = False,
                     on_file: Optional[Callable[[int, Any], None]] = None) -> List[UploadedFile]:
         """Upload many files in parallel; their UploadedFiles in the order given.
 
@@ -2939,6 +3023,7 @@ class Client:
             skip_existing: list the folder once, and skip every source whose
                 name and size match a file already there: it comes back as
                 that file, with skipped=True.
+            resume: as for upload(), for every multipart upload of a path.
             on_file: on_file(index, result) as each file ends, result being
                 its UploadedFile or its exception (called in this thread).
                 When the run is stopped (Ctrl-C, a fatal error) it is called
@@ -2950,16 +3035,52 @@ class Client:
             AuthError: the key was refused; nothing more is attempted.
         """
         folder = self._folder(folder_id)
-        transfer = self._transfer(folder, progress, link, on_file, skip_existing)
+        transfer = self._transfer(folder, progress, link, on_file, skip_existing, resume)
         results = transfer.execute(sources)
         if transfer.failures:
             raise UploadManyError(sorted(transfer.failures, key=lambda f: f[0]), results)
         return results
 
     def _transfer(self, folder: str, progress: Optional[Progress], link: bool,
-                  on_file: Optional[Callable[[int, Any], None]], skip: bool) -> _Transfer:
+                  on_file: Optional[Callable[[int, Any], None]], skip: bool,
+                  resume: bool) -> _Transfer:
         return _Transfer(self._api, self.max_workers, self.multipart_threshold,
-                         self._batch_size, folder, progress, link, on_file, skip)
+                         self._batch_size, folder, progress, link, on_file, skip, resume)
+
+    def pending(self) -> List[PendingUpload]:
+        """The resumable uploads journaled for this client's base URL."""
+        return [_pending(record) for record in _Journal.entries(_state_dir())
+                if record["base_url"] == self.base_url]
+
+    def abort_pending(self, ids: Optional[Iterable[str]] = None) -> List[str]:
+        """Abort journaled uploads (`ids`: their file ids; None: all of this
+        base URL's) and remove their journals; the ids aborted.
+
+        Raises:
+            APIError: some could not be aborted; their journals are kept.
+            ConfigError: one is being uploaded by a running process.
+        """
+        wanted = None if ids is None else set(ids)
+        done, failed = [], []
+        for upload in self.pending():
+            if wanted is not None and upload.id not in wanted:
+                continue
+            journal = _Journal.claim(_state_dir(), upload.id)
+            if journal is None:
+                continue  # completed or aborted meanwhile
+            with journal:
+                record = journal.load()
+                assert record is not None
+                reason = self._api.abort(_record_plan(record).ids())
+                if reason is None:
+                    journal.remove()
+                    done.append(upload.id)
+                else:
+                    failed.append("%s (%s): %s" % (upload.name, upload.id, reason))
+        if failed:
+            raise APIError("could not abort %d pending upload%s: %s" % (
+                len(failed), "" if len(failed) == 1 else "s", "; ".join(failed)))
+        return done
 
     def _folder(self, folder_id: Optional[str]) -> str:
         folder = folder_id if folder_id is not None else os.environ.get(_ENV_FOLDER)
