@@ -962,7 +962,10 @@ class _Transport:
         """In a forked child, forget the parent's connections and its lock
         (another thread may have held it at the fork)."""
         if os.getpid() != self._pid:
+            inherited = [c for pool in self._idle.values() for c in pool]
             self._pid, self._lock, self._idle = os.getpid(), threading.Lock(), {}
+            for conn in inherited:  # closes this process's descriptor, not the connection
+                conn.http.close()
 
     def ssl_context(self) -> ssl.SSLContext:
         with self._lock:
@@ -1341,13 +1344,13 @@ class _Throttle:
         self._next = 0.0
 
     def take(self, nbytes: int, cancel: _Cancel) -> None:
-        """Wait until `nbytes` more may be sent."""
+        """Wait until `nbytes` more may be sent: the end of their slot, so
+        that N bytes take N / rate seconds, not one block less."""
         with self._lock:
             now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + nbytes / self.rate
-        if start > now:
-            cancel.wait(start - now)
+            self._next = max(now, self._next) + nbytes / self.rate
+            wait = self._next - now
+        cancel.wait(wait)
 
 
 class _Payload:
@@ -2381,9 +2384,11 @@ class _Job:
         self.batch: List[_Job] = []  # presigned (and so confirmed) together
         self.initiated = 0.0  # when the part URLs were handed out (monotonic)
         self.expired_tries = 0
-        #: Parts handed out before any part was stored: if one of them meets an
-        #: expired URL, the URLs were dead on arrival (a clock skew, a stall).
+        #: Parts handed out before this run stored any: if one of them meets an
+        #: expired URL, the URLs were dead on arrival (a clock skew, a stall, a
+        #: resumed journal's URLs that storage's clock calls dead).
         self.early: Set[Optional[int]] = set()
+        self.stored_here = 0
         self.restart = False  # its part URLs expired early: initiate again once idle
         self.expired_for_good = False
         self.journal: Optional[_Journal] = None  # with resume on, for a path
@@ -2490,7 +2495,7 @@ class _Transfer:
 
             self.pool = ThreadPoolExecutor(self.workers, "fileslink")
         job.inflight += 1
-        if not job.etags:
+        if not job.stored_here:
             job.early.add(number)
         self.futures[self.pool.submit(self._put, job, number)] = (job, number)
 
@@ -2660,6 +2665,7 @@ class _Transfer:
                 self._fail(job, exc)
                 return
         job.etags[number] = etag
+        job.stored_here += 1
 
     def _settle(self, job: _Job) -> None:
         """Whatever a job's last reaped task leaves it ready for."""
@@ -2718,11 +2724,15 @@ class _Transfer:
                 _duration(lifetime[1]) if lifetime else "not stated"), 403, number))
 
     def _reinitiate(self, job: _Job) -> None:
-        _log(_INFO, "%s: part URLs expired before any part was stored; initiating again",
-             job.source.name)
+        if len(job.etags) > job.stored_here:  # resumed: the user must hear why not
+            _log(_WARNING, "%s: not resumed, uploading afresh: storage refused its part URLs "
+                 "as expired", job.source.name)
+        else:
+            _log(_INFO, "%s: part URLs expired before any part was stored; initiating again",
+                 job.source.name)
         self._abort(job, keep=False)
         job.restart, job.plan = False, None
-        job.etags, job.early = {}, set()
+        job.etags, job.early, job.stored_here = {}, set(), 0
         job.add_progress(-job.sent())
         job.cancel.detach()
         job.cancel = _Cancel(self.cancel)
@@ -3005,7 +3015,10 @@ class Client:
         folder = self._folder(folder_id)
         src = _open_source(source, name, mime_type)
         transfer = self._transfer(folder, progress, link, None, False, resume)
-        results = transfer.execute([src])
+        try:
+            results = transfer.execute([src])
+        finally:
+            src.close()  # the engine closes what it admitted; not if it stopped before
         if transfer.failures:
             raise transfer.failures[0][2]
         return results[0]  # type: ignore[no-any-return]

@@ -5149,6 +5149,352 @@ class TestJournal(unittest.TestCase):
 
 
 # ---------------------------------------------------------------------------
+# The user's world: pipes, forks, descriptors, fairness, bandwidth, resume
+# ---------------------------------------------------------------------------
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: A child process that uploads one file through the library, as a user's
+#: script would; argv: path, then JSON options for Client and upload().
+_CHILD_UPLOAD = """
+import json, logging, sys  # logging: its last-resort handler shows warnings on stderr
+sys.path.insert(0, %r)
+import fileslink
+options, kwargs = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+try:
+    result = fileslink.Client(**options).upload(sys.argv[1], **kwargs)
+except fileslink.FilesLinkError as exc:
+    print("error:", exc)
+    sys.exit(1)
+print(result.id)
+""" % _HERE
+
+
+class TestUserWorld(FakeTestCase):
+    """What landed first passed its own faults and still lost data in these."""
+
+    fake_options = {"min_part_size": MiB}
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.state = os.path.join(self.tmp, "state")
+        os.environ["FILESLINK_STATE_DIR"] = self.state
+
+    def stored(self, result: "fileslink.UploadedFile", data: bytes) -> None:
+        f = self.fake.files[result.id]
+        self.assertTrue(f.uploaded)
+        self.assertEqual((f.size, f.data), (len(data), data))
+
+    def storage_puts(self, mark: int = 0) -> List[Req]:
+        return [r for r in self.fake.log[mark:] if r.plane == "storage" and r.method == "PUT"]
+
+    # -- inputs ---------------------------------------------------------------
+
+    def test_a_fifo_path_is_read_to_its_end_and_stored_whole(self) -> None:
+        fifo = os.path.join(self.tmp, "pipe")
+        os.mkfifo(fifo)
+        data = pseudo_random_bytes(3 * MiB, seed=70)
+
+        def write() -> None:
+            with open(fifo, "wb") as f:
+                f.write(data)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        result = self.client().upload(fifo, self.fake.folder_id, name="dump.sql")
+        writer.join(10)
+        self.assertEqual(result.size, len(data))
+        self.stored(result, data)
+
+    def test_devices_sockets_and_text_streams_are_refused_before_any_call(self) -> None:
+        server = socket.socket(socket.AF_UNIX)
+        self.addCleanup(server.close)
+        sock_path = os.path.join(self.tmp, "s.sock")
+        server.bind(sock_path)
+        text_path, _ = self.make_file("notes.txt", 10)
+        text = open(text_path, "r")
+        self.addCleanup(text.close)
+        client = self.client()
+        for label, source, says in (("device", "/dev/zero", "device"),
+                                    ("socket", sock_path, "socket"),
+                                    ("text file", text, "binary mode"),
+                                    ("StringIO", io.StringIO("hello"), "binary mode")):
+            with self.subTest(label):
+                with self.assertRaises(fileslink.ConfigError) as caught:
+                    client.upload(source, self.fake.folder_id, name="x.bin")
+                self.assertIn(says, str(caught.exception))
+        self.assertEqual(self.fake.log, [])
+
+    def test_a_name_with_undecodable_bytes_is_repaired_as_file_names_are(self) -> None:
+        result = self.client().upload(b"abc", self.fake.folder_id, name="caf\udce9.txt")
+        self.assertEqual(result.name, "caf\ufffd.txt")
+        self.assertEqual(self.fake.files[result.id].name, "caf\ufffd.txt")
+
+    # -- processes ------------------------------------------------------------
+
+    def test_a_forked_child_never_uses_the_parents_connections(self) -> None:
+        accepted: List[int] = []
+        real = _Handler.setup
+
+        def counting(handler: Any) -> None:
+            accepted.append(handler.server.server_address[1])
+            real(handler)
+
+        client = self.client()
+        client.upload(b"warm", self.fake.folder_id, name="warm.txt")  # pools two connections
+        child_data, parent_data = pseudo_random_bytes(4096, 71), pseudo_random_bytes(4096, 72)
+        with mock.patch.object(_Handler, "setup", counting), warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # 3.12: fork with threads
+            pid = os.fork()
+            if pid == 0:  # the child: one upload through the inherited Client
+                code = 1
+                try:
+                    client.upload(child_data, self.fake.folder_id, name="child.bin")
+                    code = 0
+                finally:
+                    os._exit(code)
+            parent = client.upload(parent_data, self.fake.folder_id, name="parent.bin")
+            _, status = os.waitpid(pid, 0)
+        self.assertEqual(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode")
+                         else status >> 8, 0)
+        self.assertEqual(len(accepted), 2)  # the child's own: API and storage; the parent reused
+        self.stored(parent, parent_data)
+        (child,) = [f for f in self.fake.files.values() if f.name == "child.bin"]
+        self.assertEqual(child.data, child_data)
+
+    def test_workers_beyond_the_open_file_limit_are_capped_not_failed(self) -> None:
+        folder = os.path.join(self.tmp, "many")
+        os.mkdir(folder)
+        for i in range(300):
+            with open(os.path.join(folder, "f%03d" % i), "wb") as f:
+                f.write(b"%d" % i)
+        script = _CHILD_UPLOAD.replace(
+            "result = fileslink.Client(**options).upload(sys.argv[1], **kwargs)",
+            "import os; result = fileslink.Client(**options).upload_many(sorted("
+            "os.path.join(sys.argv[1], n) for n in os.listdir(sys.argv[1])), **kwargs)[0]")
+
+        def low_limit() -> None:
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+        child = subprocess.run(
+            [sys.executable, "-c", script, folder, json.dumps({
+                "api_key": self.fake.api_key, "base_url": self.fake.base_url,
+                "max_workers": 2000}), json.dumps({"folder_id": self.fake.folder_id})],
+            capture_output=True, text=True, timeout=60, preexec_fn=low_limit)
+        self.assertEqual(child.returncode, 0, child.stdout + child.stderr)
+        self.assertEqual(sum(f.uploaded for f in self.fake.files.values()), 300)
+
+    def test_a_slow_progress_callback_does_not_hold_the_other_workers(self) -> None:
+        path, data = self.make_file("two.bin", 2 * MiB, seed=73)
+        second = threading.Event()
+        calls: List[int] = []
+
+        def progress(name: str, sent: int, total: int) -> None:
+            calls.append(sent)
+            if len(calls) == 1:  # block the first report until another one arrives
+                self.assertTrue(second.wait(10), "progress reports are serialized")
+            else:
+                second.set()
+
+        client = self.client(multipart_threshold=MiB, max_workers=2)
+        self.stored(client.upload(path, self.fake.folder_id, progress=progress), data)
+
+    # -- fairness, bandwidth, re-runs ------------------------------------------
+
+    def test_a_small_file_starts_within_one_part_of_a_big_one(self) -> None:
+        big, _ = self.make_file("big.iso", 8 * MiB, seed=74)
+        small, small_data = self.make_file("notes.txt", 100, seed=75)
+        client = self.client(multipart_threshold=MiB, max_workers=1)
+        client.upload_many([big, small], self.fake.folder_id)
+        names = [r.path.rsplit("/", 1)[1] for r in self.storage_puts()]
+        self.assertEqual(names[:2], ["big.iso", "notes.txt"])
+        self.assertEqual(len(names), 9)
+
+    def test_max_bandwidth_holds_the_rate_down_across_workers(self) -> None:
+        path, data = self.make_file("slow.bin", 2 * MiB, seed=76)
+        client = self.client(multipart_threshold=MiB // 2, max_workers=4,
+                             max_bandwidth=4 * MiB)
+        started = time.monotonic()
+        self.stored(client.upload(path, self.fake.folder_id), data)
+        # A lower bound only: a busy machine can make it slower, never faster.
+        self.assertGreaterEqual(time.monotonic() - started, 0.45)
+
+    def test_skip_existing_lists_once_and_sends_only_what_is_missing(self) -> None:
+        a, _ = self.make_file("a.txt", 10, seed=77)
+        b, _ = self.make_file("b.txt", 20, seed=78)
+        c, c_data = self.make_file("c.txt", 30, seed=79)
+        client = self.client()
+        first = client.upload_many([a, b], self.fake.folder_id)
+        mark = len(self.fake.log)
+        again = client.upload_many([a, b, c], self.fake.folder_id, skip_existing=True)
+        self.assertEqual([f.skipped for f in again], [True, True, False])
+        self.assertEqual([f.id for f in again[:2]], [f.id for f in first])
+        self.stored(again[2], c_data)
+        calls = [(r.method, r.path) for r in self.fake.log[mark:] if r.plane == "api"]
+        self.assertEqual([m for m, _ in calls], ["GET", "POST", "POST"])  # list, presign, confirm
+        self.assertEqual(len(self.storage_puts(mark)), 1)
+
+    # -- servers and networks --------------------------------------------------
+
+    def test_no_proxy_networks_bypass_the_proxy_and_a_refusing_proxy_is_named(self) -> None:
+        port = socket.socket()
+        port.bind(("127.0.0.1", 0))
+        dead = port.getsockname()[1]
+        port.close()  # nothing listens there: a proxy that refuses connections
+        os.environ["HTTP_PROXY"] = "http://127.0.0.1:%d" % dead
+        os.environ["NO_PROXY"] = "10.0.0.0/8,127.0.0.0/8"
+        result = self.client().upload(b"direct", self.fake.folder_id, name="d.txt")
+        self.stored(result, b"direct")
+        os.environ["NO_PROXY"] = "10.0.0.0/8"
+        with self.assertRaises(fileslink.APIError) as caught:
+            self.client(retry=fileslink.Retry(attempts=1)).upload(b"x", self.fake.folder_id,
+                                                                  name="p.txt")
+        self.assertIn("cannot connect to the proxy 127.0.0.1:%d" % dead, str(caught.exception))
+
+    def test_retries_are_logged_at_info_and_the_last_error_counts_the_tries(self) -> None:
+        self.fake.inject("api", status=503, times=3)
+        with self.assertLogs("fileslink", "INFO") as logs, \
+                self.assertRaises(fileslink.APIError) as caught:
+            self.client().upload(b"x", self.fake.folder_id, name="r.txt")
+        self.assertIn("gave up after 3 tries", str(caught.exception))
+        self.assertTrue(any("try 2 of 3 in" in line for line in logs.output), logs.output)
+
+    def test_part_urls_too_short_for_the_rate_are_warned_of_then_named(self) -> None:
+        self.fake.url_ttl = 2.0
+        path, _ = self.make_file("late.bin", 4 * MiB, seed=80)
+        client = self.client(multipart_threshold=MiB, max_workers=1, max_bandwidth=MiB)
+        with self.assertLogs("fileslink", "WARNING") as logs, \
+                self.assertRaises(fileslink.TransferError) as caught:
+            client.upload(path, self.fake.folder_id)
+        self.assertIn("will likely fail", "\n".join(logs.output))
+        self.assertIn("lifetime is 2 s", str(caught.exception))
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+
+    # -- resume ----------------------------------------------------------------
+
+    def child_upload(self, path: str, **kwargs: Any) -> "subprocess.Popen[str]":
+        options = {"api_key": self.fake.api_key, "base_url": self.fake.base_url,
+                   "multipart_threshold": MiB, "max_workers": 1, "max_bandwidth": 16 * MiB,
+                   "timeout": 5}
+        return subprocess.Popen(
+            [sys.executable, "-c", _CHILD_UPLOAD, path, json.dumps(options),
+             json.dumps(dict(folder_id=self.fake.folder_id, resume=True, **kwargs))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def journal_parts(self) -> int:
+        """Parts the journal records as stored (its .parts file, less the header)."""
+        names = [n for n in os.listdir(self.state) if n.endswith(".parts")] \
+            if os.path.isdir(self.state) else []
+        if not names:
+            return 0
+        with open(os.path.join(self.state, names[0]), "rb") as f:
+            return max(0, f.read().count(b"\n") - 1)
+
+    def wait_for(self, condition: Callable[[], bool], seconds: float = 20) -> None:
+        deadline = time.monotonic() + seconds  # a bound for a hung child, not a measure
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, "the child never got there")
+            time.sleep(0.01)
+
+    def test_kill_9_then_a_rerun_sends_only_the_parts_not_journaled(self) -> None:
+        path, data = self.make_file("big.bin", 8 * MiB, seed=81)
+        child = self.child_upload(path)
+        self.wait_for(lambda: self.journal_parts() >= 3)
+        child.kill()
+        child.communicate(timeout=10)
+        journaled, first_puts = self.journal_parts(), len(self.storage_puts())
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["open"])
+        mark = len(self.fake.log)
+        rerun = self.child_upload(path)
+        out, err = rerun.communicate(timeout=30)
+        self.assertEqual(rerun.returncode, 0, out + err)
+        self.assertEqual(len(self.storage_puts(mark)), 8 - journaled)
+        self.assertEqual(len(self.fake.api_calls("complete")), 1)
+        self.assertEqual(len(self.fake.api_calls("initiate")), 1)
+        self.assertEqual(self.fake.files[out.strip()].data, data)
+        self.assertEqual(os.listdir(self.state), [])  # the journal went with the upload
+        print("\nresume after kill -9: run 1 sent %d part PUTs, %d journaled; run 2 sent %d; "
+              "%d of 8 MiB not sent again" % (first_puts, journaled, 8 - journaled, journaled)
+              if "-v" in sys.argv else "", end="")
+
+    def test_ctrl_c_with_resume_keeps_the_upload_and_a_rerun_completes_it(self) -> None:
+        path, data = self.make_file("big.bin", 8 * MiB, seed=82)
+        child = self.child_upload(path)
+        self.wait_for(lambda: self.journal_parts() >= 2)
+        child.send_signal(signal.SIGINT)
+        child.communicate(timeout=10)
+        self.assertEqual(self.fake.api_calls("abort"), [])
+        (pending,) = self.client().pending()
+        self.assertEqual((pending.name, pending.size, pending.parts_total), ("big.bin", 8 * MiB, 8))
+        self.assertGreaterEqual(pending.parts_done, 2)
+        rerun = self.child_upload(path)
+        out, err = rerun.communicate(timeout=30)
+        self.assertEqual(rerun.returncode, 0, out + err)
+        self.assertEqual(self.fake.files[out.strip()].data, data)
+        self.assertEqual(self.client().pending(), [])
+
+    def test_a_changed_source_or_dead_urls_start_afresh_and_abort_the_old(self) -> None:
+        for label, spoil in (("modified", "modify"), ("expired", "expire")):
+            with self.subTest(label):
+                path, _ = self.make_file("big-%s.bin" % label, 8 * MiB, seed=83)
+                child = self.child_upload(path)
+                self.wait_for(lambda: self.journal_parts() >= 2)
+                child.kill()
+                child.communicate(timeout=10)
+                if spoil == "modify":
+                    data = pseudo_random_bytes(8 * MiB, seed=84)
+                    with open(path, "wb") as f:
+                        f.write(data)
+                else:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                    self.fake.advance_clock(self.fake.url_ttl + 60)
+                rerun = self.child_upload(path)
+                out, err = rerun.communicate(timeout=30)
+                self.assertEqual(rerun.returncode, 0, out + err)
+                self.assertEqual(self.fake.files[out.strip()].data, data)
+                ups = [u for u in self.fake.multipart.values()
+                       if self.fake.files[u.file_id].name == os.path.basename(path)]
+                self.assertEqual(sorted(u.state for u in ups), ["aborted", "completed"])
+                self.assertIn("not resumed", err)
+
+    def test_a_second_process_on_the_same_upload_is_refused(self) -> None:
+        path, data = self.make_file("big.bin", 8 * MiB, seed=85)
+        first = self.child_upload(path)
+        self.wait_for(lambda: self.journal_parts() >= 1)
+        second = self.child_upload(path)
+        out, err = second.communicate(timeout=30)
+        self.assertEqual(second.returncode, 1, out + err)
+        self.assertIn("being uploaded by another fileslink process", out)
+        out, err = first.communicate(timeout=30)
+        self.assertEqual(first.returncode, 0, out + err)
+        self.assertEqual(self.fake.files[out.strip()].data, data)
+        self.assertEqual(len(self.fake.api_calls("initiate")), 1)
+
+    def test_resume_without_a_writable_state_dir_fails_before_any_call(self) -> None:
+        blocker, _ = self.make_file("a-file", 1)
+        os.environ["FILESLINK_STATE_DIR"] = os.path.join(blocker, "state")
+        path, _ = self.make_file("big.bin", 2 * MiB)
+        with self.assertRaises(fileslink.ConfigError) as caught:
+            self.client(multipart_threshold=MiB).upload(path, self.fake.folder_id, resume=True)
+        self.assertIn("FILESLINK_STATE_DIR", str(caught.exception))
+        self.assertEqual(self.fake.log, [])
+
+    def test_abort_pending_aborts_at_the_service_and_drops_the_journal(self) -> None:
+        path, _ = self.make_file("big.bin", 8 * MiB, seed=86)
+        child = self.child_upload(path)
+        self.wait_for(lambda: self.journal_parts() >= 1)
+        child.kill()
+        child.communicate(timeout=10)
+        (pending,) = self.client().pending()
+        self.assertEqual(self.client().abort_pending(), [pending.id])
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+        self.assertEqual(self.client().pending(), [])
+        self.assertEqual(os.listdir(self.state), [])
+
+
+# ---------------------------------------------------------------------------
 # Shell entry points: `serve` and `demo`
 # ---------------------------------------------------------------------------
 
