@@ -366,6 +366,8 @@ _ASSUMED: Dict[str, Any] = {
     "listing": ("data",),
     # Files per presign / confirm call: the API takes lists, its limit is unpublished.
     "batch_size": 50,
+    # Not an entry, for nothing reads it: completing a multipart upload marks
+    # the file uploaded, so the engine makes no confirm call after complete.
 }
 
 
