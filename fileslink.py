@@ -2653,9 +2653,21 @@ class _Transfer:
             else:
                 if number is not None:
                     self._stored(job, number, etag)
+                else:
+                    self._sent_whole(job)
             self._settle(job)
         for job in list(self.open_uploads):
             self._warn_if_late(job)
+
+    def _sent_whole(self, job: _Job) -> None:
+        """A whole file is in: check it did not change, and close it now, not
+        when its batch is confirmed: 50 finished files must not hold 50
+        descriptors while the slowest of their batch is still sent."""
+        try:
+            job.source.check_unchanged()
+        except SourceChangedError as exc:
+            self._fail(job, exc)
+        job.source.close()
 
     def _stored(self, job: _Job, number: int, etag: str) -> None:
         """Count a part as stored: with resume on, only once its journal
@@ -2762,12 +2774,6 @@ class _Transfer:
         if any(j.error is None and (j.inflight or j.todo) for j in batch):
             return  # some file of the batch is still queued or being sent
         good = [j for j in batch if j.error is None and self.results[j.index] is None]
-        for job in good:
-            try:
-                job.source.check_unchanged()
-            except SourceChangedError as exc:
-                self._finish(job, exc)
-        good = [j for j in good if j.error is None]
         if good and self._step(good, lambda: self.api.confirm([j.file_id for j in good],
                                                               self.cancel)):
             for job in good:

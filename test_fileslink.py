@@ -2332,12 +2332,13 @@ class TestCoreExpired(TestCoreSmallPartsCase):
         path, _ = self.make_file("slow.bin", 4 * MiB, seed=54)
         client = self.client(multipart_threshold=MiB, max_workers=1)
 
-        def progress(name: str, sent: int, total: int) -> None:
-            if sent == MiB:   # part 1 is in: the clock runs past every URL's lifetime
+        def on_request(req: Any) -> None:   # part 1 is stored: every URL's lifetime runs out
+            if req.plane == "storage" and req.query.get("partNumber") == "1" and req.status == 200:
                 self.fake.advance_clock(self.fake.url_ttl + 60)
 
+        self.fake.on_request = on_request
         with self.assertRaises(fileslink.TransferError) as caught:
-            client.upload(path, self.fake.folder_id, progress=progress)
+            client.upload(path, self.fake.folder_id)
         self.assertEqual((caught.exception.status, caught.exception.part), (403, 2))
         self.assertIn("lifetime is 15 min", str(caught.exception))
         self.assertIn("after the upload had run", str(caught.exception))
@@ -5375,12 +5376,25 @@ class TestUserWorld(FakeTestCase):
 
     def child_upload(self, path: str, **kwargs: Any) -> "subprocess.Popen[str]":
         options = {"api_key": self.fake.api_key, "base_url": self.fake.base_url,
-                   "multipart_threshold": MiB, "max_workers": 1, "max_bandwidth": 16 * MiB,
-                   "timeout": 5}
+                   "multipart_threshold": MiB, "max_workers": 1, "timeout": 2,
+                   "retry": None}
         return subprocess.Popen(
             [sys.executable, "-c", _CHILD_UPLOAD, path, json.dumps(options),
              json.dumps(dict(folder_id=self.fake.folder_id, resume=True, **kwargs))],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # A shell's background job starts with SIGINT ignored, and Python
+            # then never raises KeyboardInterrupt: give the child the default.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def child_stalled_after(self, path: str, parts: int) -> "subprocess.Popen[str]":
+        """A child uploading `path` with resume on, held mid-upload: the fake
+        lets `parts` PUTs through (faults that do nothing), then stalls the next."""
+        self.fake.inject("storage", delay=0, times=parts)
+        self.fake.inject("storage", delay=30)
+        child = self.child_upload(path)
+        self.wait_for(lambda: self.journal_parts() >= parts
+                      and len(self.storage_puts()) > parts)  # the stalled PUT is in
+        return child
 
     def journal_parts(self) -> int:
         """Parts the journal records as stored (its .parts file, less the header)."""
@@ -5399,8 +5413,7 @@ class TestUserWorld(FakeTestCase):
 
     def test_kill_9_then_a_rerun_sends_only_the_parts_not_journaled(self) -> None:
         path, data = self.make_file("big.bin", 8 * MiB, seed=81)
-        child = self.child_upload(path)
-        self.wait_for(lambda: self.journal_parts() >= 3)
+        child = self.child_stalled_after(path, 3)
         child.kill()
         child.communicate(timeout=10)
         journaled, first_puts = self.journal_parts(), len(self.storage_puts())
@@ -5409,6 +5422,7 @@ class TestUserWorld(FakeTestCase):
         rerun = self.child_upload(path)
         out, err = rerun.communicate(timeout=30)
         self.assertEqual(rerun.returncode, 0, out + err)
+        self.assertEqual(journaled, 3)
         self.assertEqual(len(self.storage_puts(mark)), 8 - journaled)
         self.assertEqual(len(self.fake.api_calls("complete")), 1)
         self.assertEqual(len(self.fake.api_calls("initiate")), 1)
@@ -5420,11 +5434,11 @@ class TestUserWorld(FakeTestCase):
 
     def test_ctrl_c_with_resume_keeps_the_upload_and_a_rerun_completes_it(self) -> None:
         path, data = self.make_file("big.bin", 8 * MiB, seed=82)
-        child = self.child_upload(path)
-        self.wait_for(lambda: self.journal_parts() >= 2)
+        child = self.child_stalled_after(path, 2)
         child.send_signal(signal.SIGINT)
-        child.communicate(timeout=10)
+        out, err = child.communicate(timeout=10)
         self.assertEqual(self.fake.api_calls("abort"), [])
+        self.assertEqual(len(self.client().pending()), 1, out + err)
         (pending,) = self.client().pending()
         self.assertEqual((pending.name, pending.size, pending.parts_total), ("big.bin", 8 * MiB, 8))
         self.assertGreaterEqual(pending.parts_done, 2)
@@ -5438,8 +5452,7 @@ class TestUserWorld(FakeTestCase):
         for label, spoil in (("modified", "modify"), ("expired", "expire")):
             with self.subTest(label):
                 path, _ = self.make_file("big-%s.bin" % label, 8 * MiB, seed=83)
-                child = self.child_upload(path)
-                self.wait_for(lambda: self.journal_parts() >= 2)
+                child = self.child_stalled_after(path, 2)
                 child.kill()
                 child.communicate(timeout=10)
                 if spoil == "modify":
@@ -5461,8 +5474,7 @@ class TestUserWorld(FakeTestCase):
 
     def test_a_second_process_on_the_same_upload_is_refused(self) -> None:
         path, data = self.make_file("big.bin", 8 * MiB, seed=85)
-        first = self.child_upload(path)
-        self.wait_for(lambda: self.journal_parts() >= 1)
+        first = self.child_stalled_after(path, 1)
         second = self.child_upload(path)
         out, err = second.communicate(timeout=30)
         self.assertEqual(second.returncode, 1, out + err)
@@ -5483,8 +5495,7 @@ class TestUserWorld(FakeTestCase):
 
     def test_abort_pending_aborts_at_the_service_and_drops_the_journal(self) -> None:
         path, _ = self.make_file("big.bin", 8 * MiB, seed=86)
-        child = self.child_upload(path)
-        self.wait_for(lambda: self.journal_parts() >= 1)
+        child = self.child_stalled_after(path, 1)
         child.kill()
         child.communicate(timeout=10)
         (pending,) = self.client().pending()
