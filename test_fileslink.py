@@ -2035,6 +2035,321 @@ class TestFake(FakeTestCase):
         self.fake.stop()
         thread.join(5)
 
+# ---------------------------------------------------------------------------
+# The user's world (issue 9): encrypted storage, interim answers, slow and
+# hostile servers, answers lost after the request was carried out, signals.
+# Through the public API and the CLI; a child process where a wait could be
+# unbounded on a broken client or a signal is sent.
+# ---------------------------------------------------------------------------
+
+_WORLD_PART = 256 * 1024
+_WORLD_REPO = os.path.dirname(os.path.abspath(fileslink.__file__))
+#: The CLI as `python -m fileslink` runs it, with SIGINT and SIGTERM at their
+#: defaults whatever the test runner left them at (a background job ignores SIGINT).
+_WORLD_CLI = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "signal.signal(signal.SIGTERM, signal.SIG_DFL); "
+              "runpy.run_module('fileslink', run_name='__main__', alter_sys=True)")
+#: An upload in a child process: prints the outcome (a class name) and its seconds.
+_WORLD_UPLOAD = """if True:
+    import time, fileslink
+    client = fileslink.Client(retry=fileslink.Retry(attempts=2, backoff=0.01, max_backoff=0.05))
+    started = time.monotonic()
+    try:
+        client.upload(b"x" * 100, name="gate.bin")
+        outcome = "uploaded"
+    except fileslink.FilesLinkError as e:
+        outcome = type(e).__name__
+    print(outcome, "%.2f" % (time.monotonic() - started))
+"""
+
+
+def _world_bounded(test: unittest.TestCase, fn: Callable[[], Any],
+                   seconds: float) -> Tuple[Any, float]:
+    """fn() in a daemon thread: (what it returned or raised, seconds it took).
+    Still running after `seconds`: the test fails (the thread ends when the
+    fake stops at cleanup, which cuts its connections)."""
+    box: List[Any] = []
+
+    def target() -> None:
+        try:
+            box.append(fn())
+        except BaseException as e:
+            box.append(e)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=target, name="world-bounded", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        test.fail("still running after %.0f s" % seconds)
+    return box[0], time.monotonic() - started
+
+
+def _world_env(fake: FakeFilesLink, tmp: str) -> Dict[str, str]:
+    """The environment for a child process: the fake as the account, the repo importable."""
+    env = dict(os.environ, FILESLINK_KEY=fake.api_key, FILESLINK_BASE_URL=fake.base_url,
+               FILESLINK_FOLDER=fake.folder_id, FILESLINK_STATE_DIR=tmp)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_WORLD_REPO, env.get("PYTHONPATH")]))
+    return env
+
+
+def _world_syn_sent(port: int) -> int:
+    """How many sockets of this machine are in connect() to 127.0.0.1:port
+    (SYN_SENT in /proc/net/tcp): the black hole's victims."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[2] == "0100007F:%04X" % port and row[3] == "02")
+
+
+class TestWorldEncryptedStorage(FakeTestCase):
+    """Under SSE-KMS and SSE-C storage's ETags are not MD5s: no resends."""
+
+    def world_upload_to(self, sse: str) -> None:
+        self.fake = fake = FakeFilesLink(sse=sse, min_part_size=_WORLD_PART,
+                                         part_size=_WORLD_PART).start()
+        self.addCleanup(fake.stop)
+        path, data = self.make_file("sealed.bin", 4 * _WORLD_PART + 17, seed=21)
+        client = self.client(checksum=True, multipart_threshold=2 * _WORLD_PART, max_workers=3)
+        single = client.upload(data[:_WORLD_PART], fake.folder_id, name="one.bin")
+        multi = client.upload(path, fake.folder_id)
+        # One PUT for the single file, one per part (5): nothing sent twice.
+        self.assertEqual(len([r for r in fake.storage_calls() if r.method == "PUT"]), 6)
+        self.assertEqual(fake.files[single.id].data, data[:_WORLD_PART])
+        self.assertTrue(multi.multipart)
+        self.assertTrue(fake.files[multi.id].data == data, "stored bytes differ")
+
+    def test_an_upload_to_sse_kms_storage_sends_each_part_once_and_succeeds(self) -> None:
+        self.world_upload_to("aws:kms")
+
+    def test_an_upload_to_sse_kms_dsse_storage_sends_each_part_once_and_succeeds(self) -> None:
+        self.world_upload_to("aws:kms:dsse")
+
+    def test_an_upload_to_sse_c_storage_sends_each_part_once_and_succeeds(self) -> None:
+        self.world_upload_to("SSE-C")
+
+    def test_under_sse_s3_the_etag_is_still_checked_and_a_damaged_body_resent(self) -> None:
+        self.fake = fake = FakeFilesLink(sse="AES256").start()
+        self.addCleanup(fake.stop)
+        fake.inject("storage", wrong_etag=True)
+        f = self.client().upload(b"payload" * 100, fake.folder_id, name="s3.bin")
+        self.assertEqual(len(fake.storage_calls()), 2)
+        self.assertEqual(fake.files[f.id].data, b"payload" * 100)
+
+    def test_a_genuine_md5_mismatch_is_retried_and_its_error_names_checksum_false(self) -> None:
+        self.fake.inject("storage", wrong_etag=True, times=3)
+        with self.assertRaises(fileslink.TransferError) as cm:
+            self.client().upload(b"payload" * 100, self.fake.folder_id, name="bad.bin")
+        self.assertEqual(len(self.fake.storage_calls()), 3)     # attempts=3: all of them
+        self.assertIn("checksum=False", str(cm.exception))
+
+
+class TestWorldInterimAnswers(FakeTestCase):
+    """102 Processing and 103 Early Hints come before the answer: skip them."""
+
+    fake_options = {"min_part_size": _WORLD_PART, "part_size": _WORLD_PART}
+
+    def test_102_and_103_before_an_api_answer_are_skipped(self) -> None:
+        self.fake.inject("api", interim=(102, 103), path_contains="/v1/files/" + self.fake.folder_id)
+        f = self.client().upload(b"hello", self.fake.folder_id, name="a.txt")
+        self.assertEqual(self.fake.files[f.id].data, b"hello")
+        self.assertEqual(len(self.fake.api_calls("/v1/files/" + self.fake.folder_id)), 1)
+
+    def test_102_and_103_before_a_put_answer_are_skipped(self) -> None:
+        self.fake.inject("storage", interim=(102, 103))
+        f = self.client().upload(b"hello", self.fake.folder_id, name="a.txt")
+        self.assertEqual(self.fake.files[f.id].data, b"hello")
+        self.assertEqual(len(self.fake.storage_calls()), 1)
+
+    def test_a_multipart_upload_with_interim_answers_everywhere_succeeds(self) -> None:
+        # Every answer on kept-alive connections: a 1xx left unread would be
+        # taken for the next exchange's answer.
+        self.fake.inject("api", interim=(103,), times=50)
+        self.fake.inject("storage", interim=(102, 103), times=50)
+        path, data = self.make_file("hints.bin", 5 * _WORLD_PART, seed=22)
+        f = self.client(multipart_threshold=_WORLD_PART, max_workers=2).upload(
+            path, self.fake.folder_id)
+        self.assertTrue(self.fake.files[f.id].data == data, "stored bytes differ")
+        self.assertEqual(len(self.fake.storage_calls()), 5)
+
+
+class TestWorldSlowAnswers(FakeTestCase):
+    """An answer trickling in at a byte every 0.5 s never trips a 1 s per-socket
+    timeout; `timeout` must also bound the whole answer. Each trickle would take
+    over a minute whole; the bound of 6 s leaves room for a loaded machine."""
+
+    def world_fails_in_time(self, error: type) -> None:
+        client = self.client(timeout=1, retry=fileslink.Retry(attempts=1))
+        outcome, took = _world_bounded(
+            self, lambda: client.upload(b"x" * 100, self.fake.folder_id, name="slow.bin"), 6)
+        self.assertIsInstance(outcome, error)
+        self.assertLess(took, 6)
+
+    def test_api_answer_headers_trickling_in_fail_the_call_within_seconds(self) -> None:
+        self.fake.inject("api", trickle=0.5, times=5)
+        self.world_fails_in_time(fileslink.APIError)
+
+    def test_an_api_answer_body_trickling_in_fails_the_call_within_seconds(self) -> None:
+        self.fake.inject("api", trickle=0.5, trickle_body=True, times=5)
+        self.world_fails_in_time(fileslink.APIError)
+
+    def test_a_put_answer_trickling_in_fails_the_put_within_seconds(self) -> None:
+        self.fake.inject("storage", trickle=0.5, times=5)
+        self.world_fails_in_time(fileslink.TransferError)
+
+
+class TestWorldHostileRateLimits(FakeTestCase):
+    """Rate-limit headers asking for a day or for decades: the wait is capped as
+    Retry-After is, and RateLimitError comes at once. In a child process: a
+    client that obeys waits for a day."""
+
+    def world_upload_in_a_child(self) -> Tuple[str, float]:
+        proc = subprocess.Popen([sys.executable, "-c", _WORLD_UPLOAD], cwd=self.tmp,
+                                env=_world_env(self.fake, self.tmp), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            self.fail("the upload was still waiting for the rate limit after 5 s")
+        self.assertEqual(proc.returncode, 0, err.decode(errors="replace"))
+        outcome, took = out.decode().split()
+        return outcome, float(took)
+
+    def test_a_ratelimit_reset_a_day_away_raises_rate_limit_error_at_once(self) -> None:
+        self.fake.inject("api", headers={"RateLimit": '"100-in-1min"; r=0; t=86400'},
+                         path_contains="/v1/files/" + self.fake.folder_id)
+        outcome, took = self.world_upload_in_a_child()
+        self.assertEqual(outcome, "RateLimitError")
+        self.assertLess(took, 2)
+
+    def test_an_epoch_x_ratelimit_reset_raises_rate_limit_error_at_once(self) -> None:
+        # An hour from now as a Unix time: too long whether read as a time
+        # (1 h) or, wrongly, as seconds (57 years).
+        self.fake.inject("api", headers={
+            "RateLimit": None, "RateLimit-Policy": None, "X-RateLimit-Limit": "100",
+            "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 3600)},
+            path_contains="/v1/files/" + self.fake.folder_id)
+        outcome, took = self.world_upload_in_a_child()
+        self.assertEqual(outcome, "RateLimitError")
+        self.assertLess(took, 2)
+
+
+class TestWorldGzipErrors(FakeTestCase):
+    """An error body gzipped though nobody asked: described, not dumped."""
+
+    def world_assert_described(self, text: str, raw: bytes) -> None:
+        self.assertIn("gzip", text)
+        sizes = (str(len(gzip.compress(raw, mtime=0))), str(len(raw)))
+        self.assertTrue(any(size in text for size in sizes), text)
+        self.assertNotRegex(text, "[\ufffd\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+    def test_a_gzip_error_body_from_the_api_is_described_by_size_and_encoding(self) -> None:
+        raw = json.dumps({"success": False, "message": "folder is locked"}).encode()
+        self.fake.inject("api", status=400, body=raw, gzip=True)
+        with self.assertRaises(fileslink.APIError) as cm:
+            self.client().upload(b"x" * 100, self.fake.folder_id, name="z.bin")
+        self.world_assert_described(str(cm.exception), raw)
+
+    def test_a_gzip_error_body_from_storage_is_described_by_size_and_encoding(self) -> None:
+        raw = _s3_error("AccessDenied", "Access Denied")
+        self.fake.inject("storage", status=400, body=raw, gzip=True)
+        with self.assertRaises(fileslink.TransferError) as cm:
+            self.client().upload(b"x" * 100, self.fake.folder_id, name="z.bin")
+        self.world_assert_described(str(cm.exception), raw)
+
+
+class TestWorldLostAnswers(FakeTestCase):
+    """The request was carried out and its answer lost: a POST that would make
+    a visible duplicate is not sent again; one safe to repeat is."""
+
+    def world_outcome(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except fileslink.FilesLinkError as e:
+            return e
+
+    def world_assert_one(self, rows: Dict[str, dict], title: str, outcome: Any) -> None:
+        count = [row["title"] for row in rows.values()].count(title)
+        self.assertEqual(count, 1, "%d rows titled %r: the POST was sent again" % (count, title))
+        self.assertIsInstance(outcome, fileslink.APIError)
+        self.assertIn("may have been created", str(outcome))
+
+    def test_a_create_folder_whose_answer_was_lost_is_not_sent_again(self) -> None:
+        client = self.client()
+        client.list_projects()       # a kept-alive connection: its loss is not a stale socket
+        self.fake.inject("api", lost=True, path_contains="/v1/folders")
+        outcome = self.world_outcome(lambda: client.create_folder("Reports", self.fake.project_id))
+        self.world_assert_one(self.fake.folders, "Reports", outcome)
+
+    def test_a_create_project_whose_answer_was_lost_is_not_sent_again(self) -> None:
+        self.fake.inject("api", lost=True, path_contains="/v1/projects")
+        outcome = self.world_outcome(lambda: self.client().create_project("Quarterly"))
+        self.world_assert_one(self.fake.projects, "Quarterly", outcome)
+
+    def test_a_presign_whose_answer_was_lost_is_sent_again_and_the_upload_succeeds(self) -> None:
+        self.fake.inject("api", lost=True, path_contains="/v1/files/" + self.fake.folder_id)
+        f = self.client().upload(b"again", self.fake.folder_id, name="again.txt")
+        self.assertEqual(len(self.fake.api_calls("/v1/files/" + self.fake.folder_id)), 2)
+        self.assertEqual([x.id for x in self.fake.files.values() if x.uploaded], [f.id])
+        self.assertEqual(self.fake.files[f.id].data, b"again")
+
+
+class TestWorldSignals(FakeTestCase):
+    """The CLI in a child process, signalled mid-upload: it exits with the
+    conventional status (130 Ctrl-C, 143 SIGTERM) within 5 s (the target is
+    2 s; 5 s leaves room for a loaded machine), its multipart upload aborted."""
+
+    fake_options = {"min_part_size": MiB, "part_size": MiB}
+
+    def world_cli(self, *argv: str) -> "subprocess.Popen[bytes]":
+        proc = subprocess.Popen([sys.executable, "-c", _WORLD_CLI] + list(argv), cwd=_WORLD_REPO,
+                                env=_world_env(self.fake, self.tmp), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def reap() -> None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+        self.addCleanup(reap)
+        return proc
+
+    def world_exit_status(self, proc: "subprocess.Popen[bytes]", what: str) -> Tuple[int, bytes]:
+        try:
+            out, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            self.fail("the CLI was still running 5 s after %s" % what)
+        return proc.returncode, out
+
+    def test_ctrl_c_with_workers_stuck_in_connect_exits_130_within_seconds_and_aborts(self) -> None:
+        if not sys.platform.startswith("linux"):
+            self.skipTest("needs Linux: a full accept queue and /proc/net/tcp")
+        path, _ = self.make_file("big.bin", 4 * MiB, seed=31)
+        port = urlsplit(self.fake.black_hole()).port
+        proc = self.world_cli("upload", path, "--threshold", "1M", "--workers", "4")
+        # The kernel raises no event for a SYN sent: poll its table, bounded.
+        deadline = time.monotonic() + 10
+        while _world_syn_sent(port) == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertGreater(_world_syn_sent(port), 0, "no worker reached connect()")
+        proc.send_signal(signal.SIGINT)
+        code, out = self.world_exit_status(proc, "SIGINT")
+        self.assertEqual((code, out), (130, b""))
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+
+    def test_sigterm_during_a_multipart_upload_aborts_it_and_exits_143(self) -> None:
+        path, _ = self.make_file("big.bin", 4 * MiB, seed=32)
+        self.fake.inject("storage", delay=30, times=100)     # parts hang until the signal
+        proc = self.world_cli("upload", path, "--threshold", "1M", "--workers", "4")
+        self.assertTrue(self.fake.wait_for(lambda: bool(self.fake.storage_calls()), 10),
+                        "no part reached storage")
+        proc.send_signal(signal.SIGTERM)
+        code, out = self.world_exit_status(proc, "SIGTERM")
+        self.assertEqual((code, out), (143, b""))
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+
 # ---- tests of fileslink (merged by the lead) ----
 
 
