@@ -26,11 +26,13 @@ from __future__ import annotations
 import _thread
 import argparse
 import asyncio
+import base64
 import calendar
 import contextlib
 import copy
 import email.utils
 import gc
+import gzip
 import hashlib
 import hmac
 import html
@@ -150,7 +152,7 @@ class _Fault:
     plane: str
     status: Optional[int] = None
     body: Any = None
-    headers: Optional[Dict[str, str]] = None
+    headers: Optional[Dict[str, Optional[str]]] = None
     reset_after: Optional[int] = None
     delay: Optional[float] = None
     wrong_etag: bool = False
@@ -158,6 +160,12 @@ class _Fault:
     non_json: bool = False
     times: int = 1
     path_contains: Optional[str] = None
+    # How the answer travels (see FakeFilesLink.inject), whoever wrote it:
+    interim: Optional[Tuple[int, ...]] = None
+    trickle: Optional[float] = None
+    trickle_body: bool = False
+    gzip: bool = False
+    lost: bool = False
 
 
 class _ApiError(Exception):
@@ -207,6 +215,54 @@ def _html_page(status: int) -> bytes:
             "</center><hr><center>nginx</center></body></html>\n" % (title, title)).encode()
 
 
+#: Interim (1xx) answers the fake can send before the final one, with what
+#: each carries. http.server in 3.8 has no phrase for 103, hence the table.
+_INTERIM = {102: ("Processing", []),
+            103: ("Early Hints", [("Link", "</assets/app.css>; rel=preload; as=style")])}
+
+#: The SSE modes of object storage, as `x-amz-server-side-encryption` says
+#: them ("SSE-C" answers with the customer-key headers instead). Under every
+#: mode but AES256 (SSE-S3) the ETag is not the MD5 of the body.
+_SSE_MODES = ("AES256", "aws:kms", "aws:kms:dsse", "SSE-C")
+_KMS_KEY_ARN = "arn:aws:kms:us-east-1:111122223333:key/0f0e0d0c-fake-4b1a-9c3e-000000000000"
+
+
+class _BlackHole:
+    """A loopback port where connect() hangs: it listens, never accepts, and
+    its accept queue is full, so the kernel drops every new SYN and the client
+    retransmits for a minute or more (as with a host behind a firewall that
+    drops packets). Linux behaves so; elsewhere open() raises RuntimeError."""
+
+    def __init__(self) -> None:
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._held: List[socket.socket] = []
+
+    def open(self) -> str:
+        """Fill the queue; return the origin ("http://127.0.0.1:PORT")."""
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(0)
+        address = self._listener.getsockname()
+        for _ in range(16):            # listen(0) queues one; a few more for other kernels
+            probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            probe.setblocking(False)
+            probe.connect_ex(address)
+            # On loopback a queued handshake completes in microseconds; one
+            # still pending after 0.2 s had its SYN dropped: the queue is full.
+            _, ready, _ = select.select([], [probe], [], 0.2)
+            if not ready:
+                probe.close()
+                return "http://127.0.0.1:%d" % address[1]
+            self._held.append(probe)
+        self.close()
+        raise RuntimeError("could not fill the accept queue of a listening socket here")
+
+    def close(self) -> None:
+        """Close everything: clients still in connect() are refused at their next SYN."""
+        for s in self._held + [self._listener]:
+            s.close()
+        self._held = []
+
+
 # ---------------------------------------------------------------------------
 # The fake service
 # ---------------------------------------------------------------------------
@@ -216,6 +272,29 @@ class FakeFilesLink:
 
     Use as a context manager, or start() / stop(). All state is guarded by
     one lock; the servers answer each connection in its own thread.
+
+    Options (all keywords):
+      api_key: the one key the API accepts.
+      min_part_size, part_size: storage's minimum part size, and the part size
+          initiate hands out (None: the smallest whole MiB giving <= 10,000 parts).
+      url_ttl: lifetime of presigned URLs, in seconds of the fake's clock.
+      rate_limit: (calls, window seconds) for the API; None: unlimited, but the
+          RateLimit headers are still sent.
+      latency: seconds added to each request, twice on a new connection.
+      discard: storage reads PUT bodies and forgets them (no hashing at all).
+      keep_bytes: storage keeps every byte (tests compare them); False keeps
+          sizes and MD5s only, in bounded memory (what `serve` runs).
+      sse: storage encrypts as S3 does under that mode, one of "AES256"
+          (SSE-S3: the ETag stays the MD5), "aws:kms", "aws:kms:dsse" (each PUT,
+          part or not, answers `x-amz-server-side-encryption: <mode>` and an
+          ETag of 32 hex digits that is NOT the body's MD5: a keyed digest of
+          it, deterministic) or "SSE-C" (`x-amz-server-side-encryption-customer-
+          algorithm: AES256` and such an ETag; the fake does not ask for the
+          customer key). Completing a multipart upload takes those ETags.
+      log_limit: keep only the last that many requests in `log` (None: all).
+      port: the API's port (0: any free one).
+    Faults are scripted with inject() and chaos(); black_hole() sends
+    storage traffic to a host that never answers; wait_for() waits on the log.
     """
 
     #: Files one presign call may carry; more is a 400 (the real cap is not
@@ -225,9 +304,14 @@ class FakeFilesLink:
     def __init__(self, *, api_key: str = "fl_test_0123456789abcdef", min_part_size: int = 5 * MiB,
                  part_size: Optional[int] = None, url_ttl: float = 900.0,
                  rate_limit: Optional[Tuple[int, float]] = None, latency: float = 0.0,
-                 discard: bool = False, keep_bytes: bool = True, port: int = 0) -> None:
+                 discard: bool = False, keep_bytes: bool = True, sse: Optional[str] = None,
+                 log_limit: Optional[int] = None, port: int = 0) -> None:
         if part_size is not None and part_size < min_part_size:
             raise ValueError("part_size below min_part_size: every non-last part would be refused")
+        if sse is not None and sse not in _SSE_MODES:
+            raise ValueError("sse must be one of %s" % ", ".join(_SSE_MODES))
+        if log_limit is not None and log_limit < 1:
+            raise ValueError("log_limit must be >= 1")
         self.api_key = api_key
         self.min_part_size = min_part_size
         self.part_size = part_size
@@ -236,12 +320,15 @@ class FakeFilesLink:
         self.latency = latency
         self.discard = discard
         self.keep_bytes = keep_bytes and not discard
+        self.sse = sse
+        self.log_limit = log_limit
         self._port = port
         self.initiate_transform: Optional[Callable[[dict], dict]] = None
         #: Called with each Req once it is answered (the `serve` command prints them).
         self.on_request: Optional[Callable[[Req], None]] = None
 
         self._lock = threading.Lock()
+        self._changed = threading.Condition()       # notified on each request logged or answered
         self._stopping = threading.Event()
         self._secret = secrets.token_bytes(32)      # signs presigned URLs
         self._clock_offset = 0.0
@@ -261,6 +348,8 @@ class FakeFilesLink:
         self._conns: set = set()                     # live handlers, so stop() can end them
         self._servers: List[_Server] = []
         self._threads: List[threading.Thread] = []
+        self._hole: Optional[_BlackHole] = None
+        self._hole_url: Optional[str] = None
 
         self.project_id = self._new_project("Fake project")["id"]
         self.folder_id = self._new_folder("Fake folder", self.project_id, False)["id"]
@@ -298,6 +387,17 @@ class FakeFilesLink:
         for thread in self._threads:
             thread.join()
         self._servers, self._threads = [], []
+        if self._hole is not None:
+            self._hole.close()
+            self._hole, self._hole_url = None, None
+
+    @classmethod
+    def for_serve(cls, port: int = 0) -> "FakeFilesLink":
+        """The fake as `serve` runs it, for hours of real uploads in bounded
+        memory: storage keeps sizes and digests, not bytes (public links and
+        signed GETs answer that the bytes were not kept), and the log keeps
+        the last 10,000 requests."""
+        return cls(port=port, keep_bytes=False, log_limit=10000)
 
     def __enter__(self) -> "FakeFilesLink":
         return self.start()
@@ -333,23 +433,68 @@ class FakeFilesLink:
             self._clock_offset += seconds
 
     def api_calls(self, path_contains: Optional[str] = None) -> List[Req]:
+        return self._calls("api", path_contains)
+
+    def storage_calls(self, path_contains: Optional[str] = None) -> List[Req]:
+        return self._calls("storage", path_contains)
+
+    def _calls(self, plane: str, path_contains: Optional[str]) -> List[Req]:
         with self._lock:
             return [r for r in self.log
-                    if r.plane == "api" and (path_contains is None or path_contains in r.path)]
+                    if r.plane == plane and (path_contains is None or path_contains in r.path)]
+
+    def _logged(self, req: Req) -> None:
+        """Log a request as it arrives."""
+        with self._lock:
+            self.log.append(req)
+            if self.log_limit is not None and len(self.log) > self.log_limit:
+                del self.log[:-self.log_limit]
+        self._notify()
+
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+        """Wait until predicate() is true, checking it again each time a request
+        arrives or is answered; False if `timeout` seconds passed first.
+        predicate may read the log (api_calls, log) but not call wait_for."""
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)
+
+    # -- a storage host that never answers ------------------------------------
+
+    def black_hole(self) -> str:
+        """From now on, presign and initiate hand out URLs on a loopback port
+        where connect() hangs (see _BlackHole; Linux only, RuntimeError
+        elsewhere); returns its origin. The storage server itself keeps
+        running; stop() closes the hole."""
+        with self._lock:
+            if self._hole_url is None:
+                hole = _BlackHole()
+                self._hole_url = hole.open()
+                self._hole = hole
+            return self._hole_url
 
     # -- faults -------------------------------------------------------------
 
     def inject(self, plane: str, *, status: Optional[int] = None, body: Any = None,
-               headers: Optional[Dict[str, str]] = None, reset_after: Optional[int] = None,
-               delay: Optional[float] = None, wrong_etag: bool = False, expire: bool = False,
-               non_json: bool = False, times: int = 1, path_contains: Optional[str] = None) -> None:
+               headers: Optional[Dict[str, Optional[str]]] = None,
+               reset_after: Optional[int] = None, delay: Optional[float] = None,
+               wrong_etag: bool = False, expire: bool = False, non_json: bool = False,
+               interim: Optional[Tuple[int, ...]] = None, trickle: Optional[float] = None,
+               trickle_body: bool = False, gzip: bool = False, lost: bool = False,
+               times: int = 1, path_contains: Optional[str] = None) -> None:
         """Make the next `times` requests on `plane` whose path contains
         `path_contains` misbehave. Faults queue up in order; each request
         consumes at most one (the first that matches).
 
+        What is answered:
         status: answer it, with a realistic body (S3 XML on storage, JSON on the
             API; `body` overrides: bytes, str, or a dict sent as JSON).
-        headers: added to the answer (Retry-After, Location, ...).
+        headers: set on the answer, over the fake's own (Retry-After, Location,
+            a hostile `RateLimit`...); names match case-insensitively, and None
+            removes that header (e.g. the fake's RateLimit, to send X-RateLimit-*).
         reset_after: read that many body bytes, then reset the connection (RST).
         delay: stall that long first (stop() cuts it short), then go on as if
             nothing happened: a client that timed out meanwhile may find its
@@ -360,6 +505,22 @@ class FakeFilesLink:
             what the client sent.
         expire (storage): the URL has expired, from now on.
         non_json (api): an HTML page instead of JSON (200 unless `status`).
+
+        How the answer travels (with `status` or without: then the answer the
+        fake would give anyway):
+        interim: send these 1xx answers first, in order: 102 Processing and/or
+            103 Early Hints (with a Link header), each a complete HTTP/1.1 answer.
+        trickle: send the answer one byte every `trickle` seconds, from its
+            status line on (interim answers included); with trickle_body the
+            headers go at once and only the body trickles. Each byte is a TCP
+            segment of its own, so a per-socket-operation timeout longer than
+            `trickle` never fires; stop() ends a trickle at once.
+        gzip: compress the body and label it `Content-Encoding: gzip`, though
+            the client never sent Accept-Encoding (a misconfigured proxy).
+        lost: read the whole request and carry it out (the folder IS created,
+            the upload IS completed), then close the connection without a byte
+            of answer, as when a load balancer's idle timeout or a crash cuts
+            the answer off. Logged with status 0.
         """
         if plane not in ("api", "storage"):
             raise ValueError("plane must be 'api' or 'storage'")
@@ -367,9 +528,20 @@ class FakeFilesLink:
             raise ValueError("wrong_etag and expire are storage faults")
         if times < 1:
             raise ValueError("times must be >= 1")
+        if interim is not None and not all(code in _INTERIM for code in interim):
+            raise ValueError("interim answers are 102 and/or 103")
+        if trickle is not None and trickle <= 0:
+            raise ValueError("trickle must be > 0 seconds per byte")
+        if trickle_body and trickle is None:
+            raise ValueError("trickle_body needs trickle")
+        if lost and (status is not None or body is not None or non_json or reset_after is not None):
+            raise ValueError("lost carries out the request itself: no status, body or reset")
         with self._lock:
-            self._faults.append(_Fault(plane, status, body, headers, reset_after, delay,
-                                       wrong_etag, expire, non_json, times, path_contains))
+            self._faults.append(_Fault(
+                plane, status=status, body=body, headers=headers, reset_after=reset_after,
+                delay=delay, wrong_etag=wrong_etag, expire=expire, non_json=non_json,
+                times=times, path_contains=path_contains, interim=tuple(interim or ()) or None,
+                trickle=trickle, trickle_body=trickle_body, gzip=gzip, lost=lost))
 
     def clear_faults(self) -> None:
         """Drop queued faults and turn chaos off."""
@@ -473,7 +645,8 @@ class FakeFilesLink:
             query = [("partNumber", str(part)), ("uploadId", upload_id)] + query
         sig = self._signature(method, path, date, expires, signed, upload_id,
                               None if part is None else str(part), mime)
-        return "%s%s?%s" % (self.storage_url, path, urlencode(query + [("X-Amz-Signature", sig)]))
+        origin = self._hole_url or self.storage_url
+        return "%s%s?%s" % (origin, path, urlencode(query + [("X-Amz-Signature", sig)]))
 
     def _check_url(self, method: str, path: str, q: Dict[str, str],
                    content_type: Optional[str]) -> Optional[Tuple[str, str]]:
@@ -547,6 +720,29 @@ class FakeFilesLink:
                 "fileName": f.name, "s3Key": f.s3_key, "mimeType": f.mime_type,
                 "fileSize": f.size, "private": private, "uploaded": f.uploaded,
                 "storageType": "s3", "ownerId": "user_fake", "createdAt": self._iso(f.created)}
+
+    # -- server-side encryption -------------------------------------------------
+
+    def _etag(self, md5: str) -> str:
+        """The ETag storage gives an object or part whose body has this MD5:
+        the MD5 itself, except under KMS or SSE-C where S3's ETag is an opaque
+        digest (here a keyed one, fixed for a given body, never the MD5)."""
+        if self.sse in (None, "AES256"):
+            return '"%s"' % md5
+        return '"%s"' % hmac.new(b"fake-kms-data-key", md5.encode(), hashlib.md5).hexdigest()
+
+    def _sse_headers(self) -> Dict[str, str]:
+        """What storage says about encryption on each PUT and GET answer."""
+        if self.sse is None:
+            return {}
+        if self.sse == "SSE-C":
+            key_md5 = base64.b64encode(hashlib.md5(b"fake customer key").digest()).decode()
+            return {"x-amz-server-side-encryption-customer-algorithm": "AES256",
+                    "x-amz-server-side-encryption-customer-key-MD5": key_md5}
+        headers = {"x-amz-server-side-encryption": self.sse}
+        if self.sse != "AES256":
+            headers["x-amz-server-side-encryption-aws-kms-key-id"] = _KMS_KEY_ARN
+        return headers
 
 
 def _describe(f: _Fault) -> str:
@@ -647,9 +843,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         path, _, qs = self.path.partition("?")
         self.req = Req(self.plane, self.command, path, dict(parse_qsl(qs, keep_blank_values=True)),
                        {k.lower(): v for k, v in self.headers.items()})
-        self.extra: Dict[str, str] = {}
-        with fake._lock:
-            fake.log.append(self.req)
+        self.extra: Dict[str, Optional[str]] = {}   # a fault's headers: they win
+        self.limit: Dict[str, str] = {}              # the API's RateLimit headers
+        self.shape: Optional[_Fault] = None          # how the answer travels
+        fake._logged(self.req)
         try:
             # Latency per request, and once more per new connection (the TCP
             # handshake's round trip), so connection reuse pays off as it does
@@ -658,7 +855,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.fresh = False
             if wait and fake._stopping.wait(wait):
                 raise _Dropped()
-            fault = fake._take_fault(self.plane, self.command, path)
+            fault = self.shape = fake._take_fault(self.plane, self.command, path)
             if fault is not None and self._apply_fault(fault):
                 return
             if self.plane == "api":
@@ -672,11 +869,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if not self.req.status:
                 try:
                     self._json(500, {"success": False, "message": "fake server error"}, close=True)
-                except OSError:
+                except (_Dropped, OSError):
                     pass
             self.close_connection = True
         finally:
             self.idle = True
+            fake._notify()
             if fake.on_request is not None:
                 fake.on_request(self.req)
 
@@ -733,21 +931,62 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes = b"", ctype: Optional[str] = None,
               headers: Optional[Dict[str, str]] = None, close: bool = False) -> None:
+        shape = self.shape or _Fault(self.plane)
+        if shape.lost:                 # carried out, but the answer never leaves
+            self.req.status = 0
+            raise _Dropped()
+        if shape.gzip:
+            body = gzip.compress(body, mtime=0)
         self.req.status = status
+        for code in shape.interim or ():
+            phrase, lines = _INTERIM[code]
+            self.send_response_only(code, phrase)
+            for name, value in lines:
+                self.send_header(name, value)
+            self._headers_buffer.append(b"\r\n")
         self.send_response(status)
         if ctype:
             self.send_header("Content-Type", ctype)
+        if shape.gzip:
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(body)))
-        for name, value in list((headers or {}).items()) + list(self.extra.items()):
+        for name, value in self._answer_headers(headers):
             self.send_header(name, value)
         if close:
             self.send_header("Connection", "close")   # also sets close_connection
+        self._headers_buffer.append(b"\r\n")
+        head, self._headers_buffer = b"".join(self._headers_buffer), []
+        if shape.trickle is None:
+            with self.answering:
+                self.wfile.write(head)
+                if body:
+                    self.wfile.write(body)
+                # Idle from here: the client may already hold the whole answer.
+                self.idle = not self.close_connection
+            return
+        # Not under `answering`: this connection is not idle while it trickles.
+        if shape.trickle_body:
+            self.wfile.write(head)
+        else:
+            self._trickle(head, shape.trickle)
+        self._trickle(body, shape.trickle)
         with self.answering:
-            self.end_headers()
-            if body:
-                self.wfile.write(body)
-            # Idle from here: the client may already hold the whole answer.
             self.idle = not self.close_connection
+
+    def _answer_headers(self, headers: Optional[Dict[str, str]]) -> List[Tuple[str, str]]:
+        """The answer's own headers, then the rate limit's, then a fault's, each
+        over the one before (names compared case-insensitively; None drops it)."""
+        merged: Dict[str, Tuple[str, Optional[str]]] = {}
+        for layer in (headers or {}, self.limit, self.extra):
+            for name, value in layer.items():
+                merged[name.lower()] = (name, value)
+        return [(name, value) for name, value in merged.values() if value is not None]
+
+    def _trickle(self, data: bytes, interval: float) -> None:
+        for i in range(len(data)):
+            if self.fake._stopping.wait(interval):
+                raise _Dropped()
+            self.wfile.write(data[i:i + 1])
 
     def _json(self, status: int, obj: Any, headers: Optional[Dict[str, str]] = None,
               close: bool = False) -> None:
@@ -771,7 +1010,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return True
         self.extra.update(f.headers or {})
         if f.status is None and not f.non_json and f.body is None:
-            return False               # headers, expire, wrong_etag: the handler goes on
+            return False               # headers, expire, wrong_etag, ...: the handler goes on
         self._drain()
         status = f.status or 200
         if isinstance(f.body, dict):
@@ -797,7 +1036,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _api(self) -> None:
         allowed, limit_headers = self.fake._count_call()   # every API answer carries these
-        self.extra.update(limit_headers)
+        self.limit = limit_headers
         n = self._length()
         if n is None and self.headers.get("Transfer-Encoding"):
             return self._json(411, {"success": False, "message": "Content-Length required"}, close=True)
@@ -941,6 +1180,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 f.stored = sum(up.parts[n][0] for n in numbers)
                 f.uploaded = True
                 up.state = "completed"
+                # The object holds the bytes now; the parts keep sizes and digests.
+                up.parts = {n: (size, md5, None) for n, (size, md5, _) in up.parts.items()}
         return 200, {"success": True, "message": "Upload completed",
                      "data": {"fileId": up.file_id, "key": up.key, "bucket": up.bucket,
                               "location": "%s/%s/%s" % (fake.storage_url, up.bucket, up.key)}}
@@ -1116,7 +1357,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             return self._xml_error(404, "NoSuchKey", "The specified key does not exist.")
         if f.data is None:
             return self._xml_error(501, "NotImplemented", "the fake did not keep these bytes")
-        self._send(200, f.data, f.mime_type, {"ETag": '"%s"' % f.md5})
+        headers = dict(self.fake._sse_headers(), ETag=self.fake._etag(f.md5 or ""))
+        self._send(200, f.data, f.mime_type, headers)
 
     def _body(self, n: int, fault: Optional[_Fault]) -> Tuple[Optional[bytes], Optional[str], str]:
         """Read a PUT body as the fake's mode says; return (data, md5, ETag)."""
@@ -1130,7 +1372,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         data, md5 = self._read(n, keep=fake.keep_bytes, digest=True, corrupt=corrupt)
         if corrupt and n == 0:        # nothing to damage: a stray byte arrives instead
             data, md5 = (b"\xff" if fake.keep_bytes else None), _md5_hex(b"\xff")
-        return data, md5, '"%s"' % md5
+        return data, md5, fake._etag(md5 or "")
 
     def _put_object(self, key: str, n: int, fault: Optional[_Fault]) -> None:
         fake = self.fake
@@ -1145,7 +1387,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with fake._lock:              # a PUT replaces the object, as on S3
             f.data, f.md5 = data, md5
             f.stored = n if data is None else len(data)
-        self._send(200, b"", None, {"ETag": etag})
+        self._send(200, b"", None, dict(fake._sse_headers(), ETag=etag))
 
     def _put_part(self, key: str, upload_id: str, number_text: str, n: int,
                   fault: Optional[_Fault]) -> None:
@@ -1171,7 +1413,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 return self._xml_error(404, "NoSuchUpload", "The upload was %s." % up.state)
             up.parts[number] = (n, md5, data)
             up.etags[number] = etag
-        self._send(200, b"", None, {"ETag": etag})
+        self._send(200, b"", None, dict(fake._sse_headers(), ETag=etag))
 
 
 # ---------------------------------------------------------------------------
@@ -1549,6 +1791,564 @@ class TestFake(FakeTestCase):
             conn.request("GET", "/v1/projects/1", headers={"Authorization": self.fake.api_key})
             conn.getresponse()
 
+
+    # -- the modes for issue 9: encryption, 1xx, trickles, hostile headers ----
+
+    def sse_fake(self, mode: str) -> FakeFilesLink:
+        """A fake under that SSE mode, with 64 KiB parts; it becomes self.fake."""
+        self.fake = FakeFilesLink(sse=mode, min_part_size=64 * 1024, part_size=64 * 1024).start()
+        self.addCleanup(self.fake.stop)
+        return self.fake
+
+    def initiate(self, size: int, mime: str = "application/octet-stream") -> dict:
+        _, _, obj = self.api("POST", "/v1/files/multipart/%s/initiate" % self.fake.folder_id,
+                             {"fileMetadata": {"name": "m.bin", "size": size, "mimeType": mime}})
+        return obj["data"]
+
+    def complete(self, plan: dict, etags: List[str]) -> int:
+        ids = {k: plan[k] for k in ("bucket", "key", "uploadId", "fileId")}
+        parts = [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(etags)]
+        return self.api("POST", "/v1/files/multipart/complete", dict(ids, parts=parts))[0]
+
+    def test_kms_and_sse_c_storage_answer_etags_that_are_not_md5s(self) -> None:
+        data = pseudo_random_bytes(3 * 64 * 1024 + 5, seed=4)
+        cases = [("aws:kms", "x-amz-server-side-encryption", "aws:kms"),
+                 ("aws:kms:dsse", "x-amz-server-side-encryption", "aws:kms:dsse"),
+                 ("SSE-C", "x-amz-server-side-encryption-customer-algorithm", "AES256")]
+        for mode, header, value in cases:
+            with self.subTest(mode):
+                fake = self.sse_fake(mode)
+                url = self.presign(len(data))[0]["url"]
+                etags = set()
+                for _ in range(2):
+                    status, headers, _ = self.put(url, data)
+                    self.assertEqual((status, headers[header]), (200, value))
+                    etags.add(headers["ETag"])
+                self.assertEqual(len(etags), 1)           # the same body, the same ETag
+                etag = etags.pop()
+                self.assertRegex(etag, r'^"[0-9a-f]{32}"$')
+                self.assertNotEqual(etag, '"%s"' % _md5_hex(data))
+                plan = self.initiate(len(data))
+                part_etags = []
+                for i, part in enumerate(plan["parts"]):
+                    chunk = data[i * 64 * 1024:(i + 1) * 64 * 1024]
+                    status, headers, _ = self.put(part["url"], chunk)
+                    self.assertEqual((status, headers[header]), (200, value))
+                    self.assertRegex(headers["ETag"], r'^"[0-9a-f]{32}"$')
+                    self.assertNotEqual(headers["ETag"], '"%s"' % _md5_hex(chunk))
+                    part_etags.append(headers["ETag"])
+                self.assertEqual(self.complete(plan, part_etags), 200)
+                f = fake.files[plan["fileId"]]
+                self.assertEqual((f.uploaded, f.data == data, f.md5), (True, True, _md5_hex(data)))
+
+    def test_sse_s3_storage_says_so_and_its_etags_stay_md5s(self) -> None:
+        self.sse_fake("AES256")
+        status, headers, _ = self.put(self.presign(5)[0]["url"], b"hello")
+        self.assertEqual((status, headers["x-amz-server-side-encryption"], headers["ETag"]),
+                         (200, "AES256", '"%s"' % _md5_hex(b"hello")))
+        with self.assertRaises(ValueError):
+            FakeFilesLink(sse="aws:kms:nope")
+
+    def raw(self, origin: str, method: str, target: str, body: bytes = b"",
+            headers: Optional[Dict[str, str]] = None) -> bytes:
+        """One request with Connection: close, and every byte of the answer, as
+        sent (http.client cannot show what comes before the final answer)."""
+        parts = urlsplit(origin)
+        lines = ["%s %s HTTP/1.1" % (method, target), "Host: %s" % parts.netloc,
+                 "Connection: close", "Content-Length: %d" % len(body)]
+        lines += ["%s: %s" % item for item in (headers or {}).items()]
+        with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+            sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return b"".join(chunks)
+                chunks.append(chunk)
+
+    def test_interim_answers_come_before_the_final_one(self) -> None:
+        self.fake.inject("api", interim=(102, 103), path_contains="/v1/projects")
+        answer = self.raw(self.fake.base_url, "GET", "/v1/projects/1",
+                          headers={"Authorization": self.fake.api_key})
+        processing, hints, final, body = answer.split(b"\r\n\r\n")
+        self.assertEqual(processing, b"HTTP/1.1 102 Processing")
+        self.assertEqual(hints, b"HTTP/1.1 103 Early Hints\r\n"
+                                b"Link: </assets/app.css>; rel=preload; as=style")
+        self.assertTrue(final.startswith(b"HTTP/1.1 200 OK\r\n"), final)
+        self.assertEqual(json.loads(body.decode())["success"], True)
+        url = urlsplit(self.presign(5)[0]["url"])
+        self.fake.inject("storage", interim=(103,))
+        answer = self.raw(self.fake.storage_url, "PUT", url.path + "?" + url.query, b"hello",
+                          {"Content-Type": "application/octet-stream"})
+        hints, final, body = answer.split(b"\r\n\r\n")
+        self.assertTrue(hints.startswith(b"HTTP/1.1 103 Early Hints\r\n"))
+        self.assertTrue(final.startswith(b"HTTP/1.1 200 OK\r\n"), final)
+        self.assertIn(('ETag: "%s"' % _md5_hex(b"hello")).encode(), final)
+        with self.assertRaises(ValueError):
+            self.fake.inject("api", interim=(101,))
+
+    def test_a_trickled_answer_comes_a_byte_at_a_time_until_the_fake_stops(self) -> None:
+        fake = FakeFilesLink().start()      # its own: stopped in the middle of a trickle
+        self.addCleanup(fake.stop)
+        fake.inject("api", trickle=0.05)
+        fake.inject("api", trickle=0.05, trickle_body=True)
+        request = ("GET /v1/projects/1 HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\n\r\n"
+                   % fake.api_key).encode()
+        port = urlsplit(fake.base_url).port
+        for label in ("headers", "body"):
+            with self.subTest(label), socket.create_connection(("127.0.0.1", port), 5) as sock:
+                sock.sendall(request)
+                got, head = b"", None
+                window = time.monotonic() + 0.5
+                while time.monotonic() < window:
+                    sock.settimeout(max(0.01, window - time.monotonic()))
+                    try:
+                        got += sock.recv(65536)
+                    except socket.timeout:
+                        break
+                    if head is None and b"\r\n\r\n" in got:
+                        head, window = got, time.monotonic() + 0.3   # now time the body
+                if label == "headers":
+                    # 0.5 s at 0.05 s a byte: about 10 bytes of the status line, no more.
+                    self.assertTrue(b"HTTP/1.1 200 OK".startswith(got), got)
+                    self.assertTrue(2 <= len(got) <= 11, got)
+                else:
+                    self.assertIsNotNone(head, "the headers come at once")
+                    body = got[len(head):]
+                    self.assertTrue(1 <= len(body) <= 7, body)   # 0.3 s at 0.05 s a byte
+                    self.assertTrue(b'{"success": true'.startswith(body), body)
+                    started = time.monotonic()
+                    fake.stop()             # mid-trickle: ends it, and does not wait for it
+                    self.assertLess(time.monotonic() - started, 2)
+                    sock.settimeout(5)
+                    while sock.recv(65536):     # the connection ends: EOF, not a hang
+                        pass
+
+    def test_fault_headers_override_or_remove_the_fakes_own(self) -> None:
+        path = "/v1/projects/1"
+        hostile = '"100-in-1min"; r=0; t=86400'
+        self.fake.inject("api", headers={"ratelimit": hostile})
+        _, headers, _ = self.api("GET", path)
+        self.assertEqual(headers.get_all("RateLimit"), [hostile])
+        reset = str(int(time.time()) + 3600)
+        self.fake.inject("api", headers={"RateLimit": None, "RateLimit-Policy": None,
+                                         "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": reset})
+        _, headers, _ = self.api("GET", path)
+        self.assertEqual((headers.get("RateLimit"), headers.get("RateLimit-Policy")), (None, None))
+        self.assertEqual((headers["X-RateLimit-Remaining"], headers["X-RateLimit-Reset"]),
+                         ("0", reset))
+        self.fake.inject("api", status=429, headers={"Retry-After": "7"})
+        _, headers, _ = self.api("GET", path)
+        self.assertEqual(headers.get_all("Retry-After"), ["7"])
+        self.assertRegex(self.api("GET", path)[1]["RateLimit"], r"; r=\d{5,}; ")   # its own again
+
+    def test_a_gzip_body_nobody_asked_for(self) -> None:
+        self.fake.inject("api", status=400, gzip=True)
+        status, headers, raw = _http(self.fake.base_url + "/v1/projects/1",
+                                     headers={"Authorization": self.fake.api_key})
+        self.assertEqual((status, headers["Content-Encoding"], headers["Content-Length"]),
+                         (400, "gzip", str(len(raw))))
+        self.assertEqual(json.loads(gzip.decompress(raw).decode())["success"], False)
+        url = self.presign(5)[0]["url"]
+        self.fake.inject("storage", status=500, gzip=True)
+        status, headers, raw = self.put(url, b"hello")
+        self.assertEqual((status, headers["Content-Encoding"]), (500, "gzip"))
+        self.assertIn(b"<Code>InternalError</Code>", gzip.decompress(raw))
+
+    def test_a_lost_answer_is_carried_out_but_never_arrives(self) -> None:
+        self.fake.inject("api", lost=True, path_contains="/v1/folders")
+        with self.assertRaises(http.client.RemoteDisconnected):
+            self.api("POST", "/v1/folders", {"title": "Lost", "projectId": self.fake.project_id})
+        self.assertEqual(sorted(f["title"] for f in self.fake.folders.values()),
+                         ["Fake folder", "Lost"])
+        self.assertEqual((self.fake.log[-1].path, self.fake.log[-1].status), ("/v1/folders", 0))
+        entry = self.presign(5)[0]
+        self.fake.inject("storage", lost=True)
+        with self.assertRaises(http.client.RemoteDisconnected):
+            self.put(entry["url"], b"hello")
+        self.assertEqual(self.fake.files[entry["id"]].data, b"hello")   # stored all the same
+        with self.assertRaises(ValueError):
+            self.fake.inject("api", lost=True, status=500)
+
+    def test_black_hole_urls_lead_where_connect_hangs(self) -> None:
+        if not sys.platform.startswith("linux"):
+            self.skipTest("a full accept queue drops SYNs on Linux; other kernels refuse")
+        origin = self.fake.black_hole()
+        self.assertNotEqual(origin, self.fake.storage_url)
+        self.assertTrue(self.presign(5)[0]["url"].startswith(origin + "/"))
+        self.assertTrue(all(p["url"].startswith(origin + "/")
+                            for p in self.initiate(11 * MiB)["parts"]))
+        started = time.monotonic()
+        with self.assertRaises(socket.timeout):
+            socket.create_connection(("127.0.0.1", urlsplit(origin).port), timeout=1.0).close()
+        self.assertGreaterEqual(time.monotonic() - started, 0.9)
+
+    def test_the_serve_fake_keeps_sizes_and_digests_in_bounded_memory(self) -> None:
+        self.fake = fake = FakeFilesLink.for_serve().start()
+        self.addCleanup(fake.stop)
+        size, part = 64 * MiB, 5 * MiB
+        block = memoryview(pseudo_random_bytes(part, seed=9))   # every part: the same bytes
+        plan = self.initiate(size)
+        self.assertEqual((plan["partSize"], len(plan["parts"])), (part, 13))
+        conn = http.client.HTTPConnection("127.0.0.1", urlsplit(fake.storage_url).port, timeout=10)
+        self.addCleanup(conn.close)
+        tracemalloc.start()
+        try:
+            etags = []
+            for i, p in enumerate(plan["parts"]):
+                target = urlsplit(p["url"])
+                conn.request("PUT", target.path + "?" + target.query,
+                             body=block[:min(part, size - i * part)],
+                             headers={"Content-Type": "application/octet-stream"})
+                resp = conn.getresponse()
+                resp.read()
+                self.assertEqual(resp.status, 200)
+                etags.append(resp.headers["ETag"])
+            self.assertEqual(self.complete(plan, etags), 200)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        # The default fake holds all 64 MiB (and once held them twice over).
+        self.assertLess(peak, 8 * MiB)
+        f, up = fake.files[plan["fileId"]], fake.multipart[plan["uploadId"]]
+        self.assertEqual((f.uploaded, f.stored, f.data is None), (True, size, True))
+        self.assertEqual(up.parts[1][1:], (_md5_hex(block), None))
+        self.assertEqual(up.parts[13][:2], (4 * MiB, _md5_hex(block[:4 * MiB])))
+
+    def test_log_limit_keeps_the_latest_requests(self) -> None:
+        with FakeFilesLink(log_limit=3) as fake:
+            for page in range(1, 6):
+                _http(fake.base_url + "/v1/projects/%d" % page,
+                      headers={"Authorization": fake.api_key})
+            self.assertEqual([r.path for r in fake.log],
+                             ["/v1/projects/3", "/v1/projects/4", "/v1/projects/5"])
+
+    def test_wait_for_wakes_on_a_request_and_times_out_without_one(self) -> None:
+        self.fake.inject("api", delay=30)     # arrives, then stalls: logged on arrival
+        thread = threading.Thread(target=self._try, args=(lambda: self.api("GET", "/v1/projects/1"),),
+                                  daemon=True)
+        thread.start()
+        self.assertTrue(self.fake.wait_for(lambda: len(self.fake.api_calls()) == 1, 5))
+        started = time.monotonic()
+        self.assertFalse(self.fake.wait_for(lambda: bool(self.fake.storage_calls()), 0.1))
+        self.assertGreaterEqual(time.monotonic() - started, 0.09)
+        self.fake.stop()
+        thread.join(5)
+
+# ---------------------------------------------------------------------------
+# The user's world (issue 9): encrypted storage, interim answers, slow and
+# hostile servers, answers lost after the request was carried out, signals.
+# Through the public API and the CLI; a child process where a wait could be
+# unbounded on a broken client or a signal is sent.
+# ---------------------------------------------------------------------------
+
+_WORLD_PART = 256 * 1024
+_WORLD_REPO = os.path.dirname(os.path.abspath(fileslink.__file__))
+#: The CLI as `python -m fileslink` runs it, with SIGINT and SIGTERM at their
+#: defaults whatever the test runner left them at (a background job ignores SIGINT).
+_WORLD_CLI = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "signal.signal(signal.SIGTERM, signal.SIG_DFL); "
+              "runpy.run_module('fileslink', run_name='__main__', alter_sys=True)")
+#: An upload in a child process: prints the outcome (a class name) and its seconds.
+_WORLD_UPLOAD = """if True:
+    import time, fileslink
+    client = fileslink.Client(retry=fileslink.Retry(attempts=2, backoff=0.01, max_backoff=0.05))
+    started = time.monotonic()
+    try:
+        client.upload(b"x" * 100, name="gate.bin")
+        outcome = "uploaded"
+    except fileslink.FilesLinkError as e:
+        outcome = type(e).__name__
+    print(outcome, "%.2f" % (time.monotonic() - started))
+"""
+
+
+def _world_bounded(test: unittest.TestCase, fn: Callable[[], Any],
+                   seconds: float) -> Tuple[Any, float]:
+    """fn() in a daemon thread: (what it returned or raised, seconds it took).
+    Still running after `seconds`: the test fails (the thread ends when the
+    fake stops at cleanup, which cuts its connections)."""
+    box: List[Any] = []
+
+    def target() -> None:
+        try:
+            box.append(fn())
+        except BaseException as e:
+            box.append(e)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=target, name="world-bounded", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        test.fail("still running after %.0f s" % seconds)
+    return box[0], time.monotonic() - started
+
+
+def _world_env(fake: FakeFilesLink, tmp: str) -> Dict[str, str]:
+    """The environment for a child process: the fake as the account, the repo importable."""
+    env = dict(os.environ, FILESLINK_KEY=fake.api_key, FILESLINK_BASE_URL=fake.base_url,
+               FILESLINK_FOLDER=fake.folder_id, FILESLINK_STATE_DIR=tmp)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_WORLD_REPO, env.get("PYTHONPATH")]))
+    return env
+
+
+def _world_syn_sent(port: int) -> int:
+    """How many sockets of this machine are in connect() to 127.0.0.1:port
+    (SYN_SENT in /proc/net/tcp): the black hole's victims."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[2] == "0100007F:%04X" % port and row[3] == "02")
+
+
+class TestWorldEncryptedStorage(FakeTestCase):
+    """Under SSE-KMS and SSE-C storage's ETags are not MD5s: no resends."""
+
+    def world_upload_to(self, sse: str) -> None:
+        self.fake = fake = FakeFilesLink(sse=sse, min_part_size=_WORLD_PART,
+                                         part_size=_WORLD_PART).start()
+        self.addCleanup(fake.stop)
+        path, data = self.make_file("sealed.bin", 4 * _WORLD_PART + 17, seed=21)
+        client = self.client(checksum=True, multipart_threshold=2 * _WORLD_PART, max_workers=3)
+        single = client.upload(data[:_WORLD_PART], fake.folder_id, name="one.bin")
+        multi = client.upload(path, fake.folder_id)
+        # One PUT for the single file, one per part (5): nothing sent twice.
+        self.assertEqual(len([r for r in fake.storage_calls() if r.method == "PUT"]), 6)
+        self.assertEqual(fake.files[single.id].data, data[:_WORLD_PART])
+        self.assertTrue(multi.multipart)
+        self.assertTrue(fake.files[multi.id].data == data, "stored bytes differ")
+
+    def test_an_upload_to_sse_kms_storage_sends_each_part_once_and_succeeds(self) -> None:
+        self.world_upload_to("aws:kms")
+
+    def test_an_upload_to_sse_kms_dsse_storage_sends_each_part_once_and_succeeds(self) -> None:
+        self.world_upload_to("aws:kms:dsse")
+
+    def test_an_upload_to_sse_c_storage_sends_each_part_once_and_succeeds(self) -> None:
+        self.world_upload_to("SSE-C")
+
+    def test_under_sse_s3_the_etag_is_still_checked_and_a_damaged_body_resent(self) -> None:
+        self.fake = fake = FakeFilesLink(sse="AES256").start()
+        self.addCleanup(fake.stop)
+        fake.inject("storage", wrong_etag=True)
+        f = self.client().upload(b"payload" * 100, fake.folder_id, name="s3.bin")
+        self.assertEqual(len(fake.storage_calls()), 2)
+        self.assertEqual(fake.files[f.id].data, b"payload" * 100)
+
+    def test_a_genuine_md5_mismatch_is_retried_and_its_error_names_checksum_false(self) -> None:
+        self.fake.inject("storage", wrong_etag=True, times=3)
+        with self.assertRaises(fileslink.TransferError) as cm:
+            self.client().upload(b"payload" * 100, self.fake.folder_id, name="bad.bin")
+        self.assertEqual(len(self.fake.storage_calls()), 3)     # attempts=3: all of them
+        self.assertIn("checksum=False", str(cm.exception))
+
+
+class TestWorldInterimAnswers(FakeTestCase):
+    """102 Processing and 103 Early Hints come before the answer: skip them."""
+
+    fake_options = {"min_part_size": _WORLD_PART, "part_size": _WORLD_PART}
+
+    def test_102_and_103_before_an_api_answer_are_skipped(self) -> None:
+        self.fake.inject("api", interim=(102, 103), path_contains="/v1/files/" + self.fake.folder_id)
+        f = self.client().upload(b"hello", self.fake.folder_id, name="a.txt")
+        self.assertEqual(self.fake.files[f.id].data, b"hello")
+        self.assertEqual(len(self.fake.api_calls("/v1/files/" + self.fake.folder_id)), 1)
+
+    def test_102_and_103_before_a_put_answer_are_skipped(self) -> None:
+        self.fake.inject("storage", interim=(102, 103))
+        f = self.client().upload(b"hello", self.fake.folder_id, name="a.txt")
+        self.assertEqual(self.fake.files[f.id].data, b"hello")
+        self.assertEqual(len(self.fake.storage_calls()), 1)
+
+    def test_a_multipart_upload_with_interim_answers_everywhere_succeeds(self) -> None:
+        # Every answer on kept-alive connections: a 1xx left unread would be
+        # taken for the next exchange's answer.
+        self.fake.inject("api", interim=(103,), times=50)
+        self.fake.inject("storage", interim=(102, 103), times=50)
+        path, data = self.make_file("hints.bin", 5 * _WORLD_PART, seed=22)
+        f = self.client(multipart_threshold=_WORLD_PART, max_workers=2).upload(
+            path, self.fake.folder_id)
+        self.assertTrue(self.fake.files[f.id].data == data, "stored bytes differ")
+        self.assertEqual(len(self.fake.storage_calls()), 5)
+
+
+class TestWorldSlowAnswers(FakeTestCase):
+    """An answer trickling in at a byte every 0.5 s never trips a 1 s per-socket
+    timeout; `timeout` must also bound the whole answer. Each trickle would take
+    over a minute whole; the bound of 6 s leaves room for a loaded machine."""
+
+    def world_fails_in_time(self, error: type) -> None:
+        client = self.client(timeout=1, retry=fileslink.Retry(attempts=1))
+        outcome, took = _world_bounded(
+            self, lambda: client.upload(b"x" * 100, self.fake.folder_id, name="slow.bin"), 6)
+        self.assertIsInstance(outcome, error)
+        self.assertLess(took, 6)
+
+    def test_api_answer_headers_trickling_in_fail_the_call_within_seconds(self) -> None:
+        self.fake.inject("api", trickle=0.5, times=5)
+        self.world_fails_in_time(fileslink.APIError)
+
+    def test_an_api_answer_body_trickling_in_fails_the_call_within_seconds(self) -> None:
+        self.fake.inject("api", trickle=0.5, trickle_body=True, times=5)
+        self.world_fails_in_time(fileslink.APIError)
+
+    def test_a_put_answer_trickling_in_fails_the_put_within_seconds(self) -> None:
+        self.fake.inject("storage", trickle=0.5, times=5)
+        self.world_fails_in_time(fileslink.TransferError)
+
+
+class TestWorldHostileRateLimits(FakeTestCase):
+    """Rate-limit headers asking for a day or for decades: the wait is capped as
+    Retry-After is, and RateLimitError comes at once. In a child process: a
+    client that obeys waits for a day."""
+
+    def world_upload_in_a_child(self) -> Tuple[str, float]:
+        proc = subprocess.Popen([sys.executable, "-c", _WORLD_UPLOAD], cwd=self.tmp,
+                                env=_world_env(self.fake, self.tmp), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            self.fail("the upload was still waiting for the rate limit after 5 s")
+        self.assertEqual(proc.returncode, 0, err.decode(errors="replace"))
+        outcome, took = out.decode().split()
+        return outcome, float(took)
+
+    def test_a_ratelimit_reset_a_day_away_raises_rate_limit_error_at_once(self) -> None:
+        self.fake.inject("api", headers={"RateLimit": '"100-in-1min"; r=0; t=86400'},
+                         path_contains="/v1/files/" + self.fake.folder_id)
+        outcome, took = self.world_upload_in_a_child()
+        self.assertEqual(outcome, "RateLimitError")
+        self.assertLess(took, 2)
+
+    def test_an_epoch_x_ratelimit_reset_raises_rate_limit_error_at_once(self) -> None:
+        # An hour from now as a Unix time: too long whether read as a time
+        # (1 h) or, wrongly, as seconds (57 years).
+        self.fake.inject("api", headers={
+            "RateLimit": None, "RateLimit-Policy": None, "X-RateLimit-Limit": "100",
+            "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 3600)},
+            path_contains="/v1/files/" + self.fake.folder_id)
+        outcome, took = self.world_upload_in_a_child()
+        self.assertEqual(outcome, "RateLimitError")
+        self.assertLess(took, 2)
+
+
+class TestWorldGzipErrors(FakeTestCase):
+    """An error body gzipped though nobody asked: described, not dumped."""
+
+    def world_assert_described(self, text: str, raw: bytes) -> None:
+        self.assertIn("gzip", text)
+        sizes = (str(len(gzip.compress(raw, mtime=0))), str(len(raw)))
+        self.assertTrue(any(size in text for size in sizes), text)
+        self.assertNotRegex(text, "[\ufffd\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+    def test_a_gzip_error_body_from_the_api_is_described_by_size_and_encoding(self) -> None:
+        raw = json.dumps({"success": False, "message": "folder is locked"}).encode()
+        self.fake.inject("api", status=400, body=raw, gzip=True)
+        with self.assertRaises(fileslink.APIError) as cm:
+            self.client().upload(b"x" * 100, self.fake.folder_id, name="z.bin")
+        self.world_assert_described(str(cm.exception), raw)
+
+    def test_a_gzip_error_body_from_storage_is_described_by_size_and_encoding(self) -> None:
+        raw = _s3_error("AccessDenied", "Access Denied")
+        self.fake.inject("storage", status=400, body=raw, gzip=True)
+        with self.assertRaises(fileslink.TransferError) as cm:
+            self.client().upload(b"x" * 100, self.fake.folder_id, name="z.bin")
+        self.world_assert_described(str(cm.exception), raw)
+
+
+class TestWorldLostAnswers(FakeTestCase):
+    """The request was carried out and its answer lost: a POST that would make
+    a visible duplicate is not sent again; one safe to repeat is."""
+
+    def world_outcome(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except fileslink.FilesLinkError as e:
+            return e
+
+    def world_assert_one(self, rows: Dict[str, dict], title: str, outcome: Any) -> None:
+        count = [row["title"] for row in rows.values()].count(title)
+        self.assertEqual(count, 1, "%d rows titled %r: the POST was sent again" % (count, title))
+        self.assertIsInstance(outcome, fileslink.APIError)
+        self.assertIn("may have been created", str(outcome))
+
+    def test_a_create_folder_whose_answer_was_lost_is_not_sent_again(self) -> None:
+        client = self.client()
+        client.list_projects()       # a kept-alive connection: its loss is not a stale socket
+        self.fake.inject("api", lost=True, path_contains="/v1/folders")
+        outcome = self.world_outcome(lambda: client.create_folder("Reports", self.fake.project_id))
+        self.world_assert_one(self.fake.folders, "Reports", outcome)
+
+    def test_a_create_project_whose_answer_was_lost_is_not_sent_again(self) -> None:
+        self.fake.inject("api", lost=True, path_contains="/v1/projects")
+        outcome = self.world_outcome(lambda: self.client().create_project("Quarterly"))
+        self.world_assert_one(self.fake.projects, "Quarterly", outcome)
+
+    def test_a_presign_whose_answer_was_lost_is_sent_again_and_the_upload_succeeds(self) -> None:
+        self.fake.inject("api", lost=True, path_contains="/v1/files/" + self.fake.folder_id)
+        f = self.client().upload(b"again", self.fake.folder_id, name="again.txt")
+        self.assertEqual(len(self.fake.api_calls("/v1/files/" + self.fake.folder_id)), 2)
+        self.assertEqual([x.id for x in self.fake.files.values() if x.uploaded], [f.id])
+        self.assertEqual(self.fake.files[f.id].data, b"again")
+
+
+class TestWorldSignals(FakeTestCase):
+    """The CLI in a child process, signalled mid-upload: it exits with the
+    conventional status (130 Ctrl-C, 143 SIGTERM) within 5 s (the target is
+    2 s; 5 s leaves room for a loaded machine), its multipart upload aborted."""
+
+    fake_options = {"min_part_size": MiB, "part_size": MiB}
+
+    def world_cli(self, *argv: str) -> "subprocess.Popen[bytes]":
+        proc = subprocess.Popen([sys.executable, "-c", _WORLD_CLI] + list(argv), cwd=_WORLD_REPO,
+                                env=_world_env(self.fake, self.tmp), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+        def reap() -> None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
+
+        self.addCleanup(reap)
+        return proc
+
+    def world_exit_status(self, proc: "subprocess.Popen[bytes]", what: str) -> Tuple[int, bytes]:
+        try:
+            out, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            self.fail("the CLI was still running 5 s after %s" % what)
+        return proc.returncode, out
+
+    def test_ctrl_c_with_workers_stuck_in_connect_exits_130_within_seconds_and_aborts(self) -> None:
+        if not sys.platform.startswith("linux"):
+            self.skipTest("needs Linux: a full accept queue and /proc/net/tcp")
+        path, _ = self.make_file("big.bin", 4 * MiB, seed=31)
+        port = urlsplit(self.fake.black_hole()).port
+        proc = self.world_cli("upload", path, "--threshold", "1M", "--workers", "4")
+        # The kernel raises no event for a SYN sent: poll its table, bounded.
+        deadline = time.monotonic() + 10
+        while _world_syn_sent(port) == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertGreater(_world_syn_sent(port), 0, "no worker reached connect()")
+        proc.send_signal(signal.SIGINT)
+        code, out = self.world_exit_status(proc, "SIGINT")
+        self.assertEqual((code, out), (130, b""))
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+
+    def test_sigterm_during_a_multipart_upload_aborts_it_and_exits_143(self) -> None:
+        path, _ = self.make_file("big.bin", 4 * MiB, seed=32)
+        self.fake.inject("storage", delay=30, times=100)     # parts hang until the signal
+        proc = self.world_cli("upload", path, "--threshold", "1M", "--workers", "4")
+        self.assertTrue(self.fake.wait_for(lambda: bool(self.fake.storage_calls()), 10),
+                        "no part reached storage")
+        proc.send_signal(signal.SIGTERM)
+        code, out = self.world_exit_status(proc, "SIGTERM")
+        self.assertEqual((code, out), (143, b""))
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
 
 # ---- tests of fileslink (merged by the lead) ----
 
@@ -5514,7 +6314,7 @@ def _serve(port: int, quiet: bool) -> int:
         print("%-7s %-6s %s -> %s" % (r.plane, r.method, r.path, r.status or "reset"),
               file=sys.stderr, flush=True)
 
-    fake = FakeFilesLink(port=port)
+    fake = FakeFilesLink.for_serve(port)
     fake.on_request = None if quiet else echo
     fake.start()
     print("# A local fake of files.link is running (Ctrl-C stops it). Paste into your shell:")
@@ -5523,7 +6323,9 @@ def _serve(port: int, quiet: bool) -> int:
     print("export FILESLINK_FOLDER=%s" % fake.folder_id)
     if any(name.lower().endswith("_proxy") for name in os.environ):
         print("export NO_PROXY=127.0.0.1,localhost   # a proxy is configured: keep loopback off it")
-    print("# project id: %s   object storage: %s" % (fake.project_id, fake.storage_url), flush=True)
+    print("# project id: %s   object storage: %s" % (fake.project_id, fake.storage_url))
+    print("# it keeps sizes and MD5s, not the bytes: public links and downloads answer 404/501",
+          flush=True)
     try:
         while True:
             time.sleep(3600)
