@@ -1030,7 +1030,7 @@ class _Transport:
 
     def exchange(self, method: str, url: str, headers: Dict[str, str], body: Any = None, *,
                  cancel: _Cancel = _NEVER, max_body: int = _MAX_ERROR_BODY,
-                 timeout: Optional[float] = None) -> _Response:
+                 timeout: Optional[float] = None, fresh: bool = False) -> _Response:
         """Send one request and read its response (up to max_body bytes).
 
         `body` is bytes, or anything with len() and send(http_connection).
@@ -1038,11 +1038,12 @@ class _Transport:
         request is sent, the whole answer.  A kept-alive connection that
         turns out to be closed by the server is replaced once, without the
         caller seeing it: that failure says nothing about the request.
+        `fresh`: a new connection, so that a lost answer is never mistaken
+        for a stale connection and the request silently sent again.
         Raises _ConnectFailed when no connection could be made.
         """
         scheme, host, port, target = _split_url(url)
         limit = self.timeout if timeout is None else timeout
-        fresh = False
         while True:
             cancel.check()
             conn = self._checkout((scheme, host, port), fresh)
@@ -1121,6 +1122,9 @@ class _Transport:
         truncated = len(data) > max_body
         if truncated:
             data = data[:max_body]
+        elif response.length:  # http.client takes an early EOF for the end of the body
+            h.close()
+            raise http.client.IncompleteRead(data, response.length)
         if answered_early or truncated or response.will_close or not response.isclosed():
             h.close()
         else:
@@ -1721,12 +1725,13 @@ class _API:
             started = time.monotonic()
             try:
                 resp = self._transport.exchange(method, self.base_url + path, headers, body,
-                                                cancel=cancel, max_body=_MAX_BODY, timeout=timeout)
+                                                cancel=cancel, max_body=_MAX_BODY, timeout=timeout,
+                                                fresh=not repeatable)
             except (OSError, http.client.HTTPException) as exc:
                 failure = self._lost(what, exc, cancel, APIError)
                 if isinstance(failure, _Retryable) and not (
                         repeatable or isinstance(exc, _ConnectFailed)):
-                    failure = APIError("%s; it may have been carried out: look before trying "
+                    failure = APIError("%s; it may have been created all the same: look before trying "
                                        "again" % failure.error)
                 raise failure from exc
             _log(_INFO, "%s -> %d (try %d, %.3f s)", what, resp.status, n,
