@@ -26,8 +26,6 @@ from setuptools import build_meta
 from setuptools.build_meta import (
     build_editable,
     get_requires_for_build_editable,
-    get_requires_for_build_sdist,
-    get_requires_for_build_wheel,
     prepare_metadata_for_build_editable,
 )
 
@@ -51,9 +49,38 @@ sys.exit(main())
 '''
 
 
+def _write(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def _as_sdist():
+    # setuptools finds fileslink.py, README.md and LICENSE through setup.cfg;
+    # this file it must be told about.
+    _write("MANIFEST.in", "include .ci/typed_wheel.py\n")
+
+
+def _as_package():
+    os.mkdir("fileslink")
+    os.replace("fileslink.py", os.path.join("fileslink", "__init__.py"))
+    _write(os.path.join("fileslink", "__main__.py"), MAIN)
+    _write(os.path.join("fileslink", "py.typed"), "")
+    config = configparser.ConfigParser(interpolation=None)
+    config.read("setup.cfg", encoding="utf-8")
+    # Fail loudly, not with a wheel missing the module, if setup.cfg changed.
+    if config.get("options", "py_modules").strip() != "fileslink":
+        raise RuntimeError("setup.cfg: expected py_modules = fileslink")
+    config.remove_option("options", "py_modules")
+    config.set("options", "packages", "fileslink")
+    config["options.package_data"] = {"fileslink": "py.typed"}
+    with open("setup.cfg", "w", encoding="utf-8") as f:
+        config.write(f)
+
+
 @contextlib.contextmanager
-def _staged():
-    """Work in a temporary copy of SOURCES, so that the checkout stays untouched."""
+def _staged(lay_out):
+    """Work in a temporary copy of SOURCES laid out by lay_out(): setuptools
+    writes its build/ and egg-info there, not in the checkout."""
     here = os.getcwd()
     with tempfile.TemporaryDirectory() as stage:
         for name in SOURCES:
@@ -61,40 +88,29 @@ def _staged():
             shutil.copy(name, os.path.join(stage, name))
         os.chdir(stage)
         try:
+            lay_out()
             yield
         finally:
             os.chdir(here)
 
 
-def _write(path, text):
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
+def get_requires_for_build_sdist(config_settings=None):
+    with _staged(_as_sdist):
+        return build_meta.get_requires_for_build_sdist(config_settings)
 
 
 def build_sdist(sdist_directory, config_settings=None):
     sdist_directory = os.path.abspath(sdist_directory)
-    with _staged():
-        # setuptools finds fileslink.py, README.md and LICENSE through
-        # setup.cfg; this file it must be told about.
-        _write("MANIFEST.in", "include .ci/typed_wheel.py\n")
+    with _staged(_as_sdist):
         return build_meta.build_sdist(sdist_directory, config_settings)
+
+
+def get_requires_for_build_wheel(config_settings=None):
+    with _staged(_as_package):
+        return build_meta.get_requires_for_build_wheel(config_settings)
 
 
 def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
     wheel_directory = os.path.abspath(wheel_directory)
-    with _staged():
-        os.mkdir("fileslink")
-        os.replace("fileslink.py", os.path.join("fileslink", "__init__.py"))
-        _write(os.path.join("fileslink", "__main__.py"), MAIN)
-        _write(os.path.join("fileslink", "py.typed"), "")
-        config = configparser.ConfigParser(interpolation=None)
-        config.read("setup.cfg", encoding="utf-8")
-        # Fail loudly, not with a wheel missing the module, if setup.cfg changed.
-        if config.get("options", "py_modules").strip() != "fileslink":
-            raise RuntimeError("setup.cfg: expected py_modules = fileslink")
-        config.remove_option("options", "py_modules")
-        config.set("options", "packages", "fileslink")
-        config["options.package_data"] = {"fileslink": "py.typed"}
-        with open("setup.cfg", "w", encoding="utf-8") as f:
-            config.write(f)
+    with _staged(_as_package):
         return build_meta.build_wheel(wheel_directory, config_settings)
