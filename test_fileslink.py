@@ -6305,6 +6305,182 @@ class TestUserWorld(FakeTestCase):
         self.assertEqual(os.listdir(self.state), [])
 
 
+class TestBreakFindings(FakeTestCase):
+    """A hostile user's findings against resume, the transport and Ctrl-C
+    (each failed on the code it was found on)."""
+
+    fake_options = {"min_part_size": 64 * 1024, "part_size": 64 * 1024}
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.state = os.path.join(self.tmp, "state")
+        os.environ["FILESLINK_STATE_DIR"] = self.state
+
+    def big_client(self, **kw: Any) -> "fileslink.Client":
+        return self.client(multipart_threshold=64 * 1024, **kw)
+
+    def test_a_resumed_upload_whose_parts_are_all_stored_is_completed(self) -> None:
+        # The network died at `complete`: every part is journaled, none is left to send.
+        path, data = self.make_file("big.bin", 300 * 1024, seed=90)
+        self.fake.inject("api", status=500, times=3, path_contains="complete")
+        with self.assertRaises(fileslink.APIError):
+            self.big_client().upload(path, self.fake.folder_id, resume=True)
+        (pending,) = self.big_client().pending()
+        self.assertEqual((pending.parts_done, pending.parts_total), (5, 5))
+        mark = len(self.fake.log)
+        result = self.big_client().upload(path, self.fake.folder_id, resume=True)
+        self.assertEqual(self.fake.files[result.id].data, data)
+        self.assertEqual([r for r in self.fake.log[mark:] if r.plane == "storage"], [])
+        self.assertEqual(self.big_client().pending(), [])
+
+    def test_a_source_gone_before_its_initiate_leaves_no_orphan_and_spares_the_rest(self) -> None:
+        a, _ = self.make_file("a.bin", 640 * 1024, seed=91)
+        b, _ = self.make_file("b.bin", 300 * 1024, seed=92)
+        c, _ = self.make_file("c.txt", 1000, seed=93)
+        removed: List[bool] = []
+
+        def progress(name: str, sent: int, total: int) -> None:
+            if name == "a.bin" and not removed:   # b.bin is open, waiting its turn
+                removed.append(True)
+                os.unlink(b)                      # a cleanup job removes it meanwhile
+
+        with self.assertRaises(fileslink.UploadManyError) as caught:
+            self.big_client(max_workers=2).upload_many([a, b, c], self.fake.folder_id,
+                                                       resume=True, progress=progress)
+        self.assertEqual([name for _, name, _ in caught.exception.failures], ["b.bin"])
+        states = {self.fake.files[u.file_id].name: u.state for u in self.fake.multipart.values()}
+        self.assertEqual(states.get("a.bin"), "completed")
+        self.assertIn(states.get("b.bin", "never initiated"), ("aborted", "never initiated"))
+
+    def test_a_source_rewritten_before_its_initiate_is_never_resumed_into_a_mix(self) -> None:
+        a, _ = self.make_file("a.bin", 640 * 1024, seed=94)
+        b, _ = self.make_file("b.bin", 300 * 1024, seed=95)
+        new = pseudo_random_bytes(300 * 1024, seed=96)
+        steps: List[str] = []
+
+        def progress(name: str, sent: int, total: int) -> None:
+            if name == "a.bin" and not steps:     # b.bin is open, waiting its turn
+                steps.append("rewritten")
+                with open(b + ".new", "wb") as f:
+                    f.write(new)
+                os.replace(b + ".new", b)         # an export regenerated in place
+            elif name == "b.bin" and sent >= 128 * 1024 and steps == ["rewritten"]:
+                steps.append("interrupted")
+                raise KeyboardInterrupt           # Ctrl-C with b.bin half sent
+
+        with self.assertRaises(KeyboardInterrupt):
+            self.big_client(max_workers=1).upload_many([a, b], self.fake.folder_id,
+                                                       resume=True, progress=progress)
+        result = self.big_client().upload(b, self.fake.folder_id, resume=True)
+        self.assertTrue(self.fake.files[result.id].data == new,
+                        "the object stored mixes the old file's parts with the new one's")
+
+    def test_create_folder_is_sent_once_when_a_kept_alive_connection_drops_after_it(self) -> None:
+        # A raw API: a GET is answered on a kept-alive connection; the POST that
+        # follows on it is taken whole (the folder is made) and goes unanswered.
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        self.addCleanup(listener.close)
+        seen: List[str] = []
+
+        def serve(conn: socket.socket) -> None:
+            with conn:
+                reader = conn.makefile("rb")
+                while True:
+                    line = reader.readline().decode()
+                    if not line:
+                        return
+                    length = 0
+                    for header in iter(reader.readline, b"\r\n"):
+                        name, _, value = header.decode().partition(":")
+                        if name.strip().lower() == "content-length":
+                            length = int(value)
+                    reader.read(length)
+                    seen.append(line.split()[0])
+                    if line.startswith("POST"):
+                        return                    # carried out; the answer is lost
+                    body = b'{"success": true, "data": []}'
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+        def accept() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        client = self.client(base_url="http://127.0.0.1:%d" % listener.getsockname()[1])
+        client.list_projects()                    # leaves a kept-alive connection
+        with self.assertRaises(fileslink.APIError) as caught:
+            client.create_folder("Invoices", "p1")
+        self.assertIn("may have been", str(caught.exception))
+        self.assertEqual(seen, ["GET", "POST"])   # a second POST is a second folder
+
+    def test_ctrl_c_returns_within_two_seconds_with_several_uploads_to_abort(self) -> None:
+        paths = [self.make_file("big%d.bin" % i, 128 * 1024, seed=97 + i)[0] for i in range(4)]
+        self.fake.inject("storage", delay=30, times=100)       # parts stall (stop() ends it)
+        self.fake.inject("api", delay=30, times=10, path_contains="abort")   # so does abort
+        sending: Dict[str, int] = {}
+        sent: List[float] = []
+
+        def progress(name: str, done: int, total: int) -> None:
+            sending[name] = done
+            if len(sending) == 4 and not sent:    # all four initiated, parts on the wire
+                sent.append(time.monotonic())
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        with self.assertRaises(KeyboardInterrupt):
+            self.big_client(max_workers=8, timeout=10).upload_many(paths, self.fake.folder_id,
+                                                                   progress=progress)
+        self.assertEqual(len(sent), 1)
+        self.assertLess(time.monotonic() - sent[0], 2)
+
+    def test_a_key_the_headers_cannot_carry_is_refused_and_never_shown(self) -> None:
+        key = "\u201c%s\u201d" % self.fake.api_key   # pasted with a page's curly quotes
+        with self.assertRaises(fileslink.ConfigError) as caught:
+            self.client(api_key=key).list_projects()
+        self.assertNotIn(self.fake.api_key, repr(caught.exception))
+        self.assertEqual(self.fake.log, [])
+
+    def test_a_text_mode_spooled_temporary_file_is_refused_before_any_call(self) -> None:
+        stream = tempfile.SpooledTemporaryFile(mode="w+")
+        self.addCleanup(stream.close)
+        stream.write("hello\n")
+        stream.seek(0)
+        with self.assertRaises(fileslink.ConfigError) as caught:
+            self.client().upload(stream, self.fake.folder_id, name="x.txt")
+        self.assertIn("binary", str(caught.exception))
+        self.assertEqual(self.fake.log, [])
+
+    def test_one_path_under_two_names_uploads_both_with_resume_on(self) -> None:
+        path, data = self.make_file("big.bin", 640 * 1024, seed=101)
+        self.fake.inject("storage", delay=0.2, times=4)   # the first is still sending
+        results = self.big_client().upload_many([("latest.bin", path), ("v1.bin", path)],
+                                                self.fake.folder_id, resume=True)
+        self.assertEqual([r.name for r in results], ["latest.bin", "v1.bin"])
+        for result in results:
+            self.assertEqual(self.fake.files[result.id].data, data)
+
+    def test_progress_of_a_resumed_upload_ends_at_the_size(self) -> None:
+        path, _ = self.make_file("big.bin", 640 * 1024, seed=102)
+
+        def stop(name: str, sent: int, total: int) -> None:
+            if sent >= 320 * 1024:
+                raise KeyboardInterrupt
+
+        with self.assertRaises(KeyboardInterrupt):
+            self.big_client(max_workers=1).upload(path, self.fake.folder_id, resume=True,
+                                                  progress=stop)
+        seen: List[Tuple[int, int]] = []
+        self.big_client().upload(path, self.fake.folder_id, resume=True,
+                                 progress=lambda name, sent, total: seen.append((sent, total)))
+        self.assertEqual(seen[-1], (640 * 1024, 640 * 1024))
+
+
 # ---------------------------------------------------------------------------
 # Shell entry points: `serve` and `demo`
 # ---------------------------------------------------------------------------
