@@ -1161,6 +1161,10 @@ class _Source:
         """The bytes themselves, when they are in memory (no copy)."""
         return None
 
+    def stamp(self) -> Tuple[int, int, int]:
+        """(inode, size, mtime_ns) of a file opened from a path."""
+        raise NotImplementedError
+
     def check_unchanged(self) -> None:
         """Raise SourceChangedError if the data changed since it was opened."""
 
@@ -1176,6 +1180,7 @@ class _PathSource(_Source):
         self._file = open(path, "rb", buffering=0)  # OSError here: before any I/O
         st = os.fstat(self._file.fileno())
         self._stamp = (st.st_size, st.st_mtime_ns)
+        self._inode = st.st_ino
         self.size = st.st_size
         self._lock = threading.Lock()  # guards the file position where there is no preadv
         self._pread = getattr(os, "preadv", None)
@@ -1186,6 +1191,9 @@ class _PathSource(_Source):
         with self._lock:
             self._file.seek(offset)
             return self._file.readinto(buf) or 0
+
+    def stamp(self) -> Tuple[int, int, int]:
+        return (self._inode,) + self._stamp
 
     def check_unchanged(self) -> None:
         st = os.fstat(self._file.fileno())
@@ -1297,7 +1305,8 @@ def _open_stream(item: Any, name: Optional[str]) -> _Source:
         if not isinstance(given, str) or given.startswith("<"):
             raise ConfigError("name= is required for a file object without a file name")
         name = _clean_name(os.path.basename(given))
-    if isinstance(item, io.TextIOBase):
+    mode = getattr(item, "mode", "b")  # a text-mode SpooledTemporaryFile is no TextIOBase
+    if isinstance(item, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
         raise ConfigError("%s is open in text mode: open it in binary mode ('rb')" % name)
     try:
         seekable = bool(item.seekable())
@@ -2206,8 +2215,10 @@ class _Journal:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, directory: str, base_url: str, folder_id: str, path: str) -> _Journal:
-        """The journal of uploading `path` to `folder_id` at `base_url`, locked.
+    def open(cls, directory: str, base_url: str, folder_id: str, path: str,
+             name: str = "") -> _Journal:
+        """The journal of uploading `path` (as `name`) to `folder_id` at
+        `base_url`, locked: one path under two names is two uploads.
 
         Raises ConfigError if the directory cannot hold journals, or if another
         process is working on this upload.
@@ -2218,10 +2229,10 @@ class _Journal:
         directory = os.path.abspath(directory)
         path = os.path.abspath(path)
         _prepare_state_dir(directory)
-        key = json.dumps([base_url, folder_id, path]).encode("utf-8", "surrogatepass")
-        name = hashlib.sha256(key).hexdigest()[:32]
-        journal = cls(directory, name, _lock_journal(os.path.join(directory, name + ".lock"),
-                                                     path))
+        key = json.dumps([base_url, folder_id, path, name]).encode("utf-8", "surrogatepass")
+        digest = hashlib.sha256(key).hexdigest()[:32]
+        journal = cls(directory, digest, _lock_journal(os.path.join(directory, digest + ".lock"),
+                                                       path))
         journal._sweep()
         return journal
 
@@ -2576,7 +2587,7 @@ class _Transfer:
             step()
         except _RUN_FATAL:
             raise
-        except FilesLinkError as exc:
+        except (FilesLinkError, OSError) as exc:  # OSError: a journal or a source
             for job in jobs:
                 if job in self.open_uploads:
                     self._abort(job)
@@ -2591,19 +2602,26 @@ class _Transfer:
 
     def _initiate(self, job: _Job) -> None:
         if self._step([job], lambda: self._open_upload(job)):
-            self.parts.append(job)
+            if job.todo:
+                self.parts.append(job)
+            else:  # resumed with every part stored: only complete is left
+                self._settle(job)
 
     def _open_upload(self, job: _Job) -> None:
         path = job.source.path
-        if self.resume and path is not None and job.journal is None:
-            job.journal = _Journal.open(self.state_dir, self.api.base_url, self.folder, path)
-            job.plan = self._resumed_plan(job)
+        identity: Json = {}
+        if self.resume and path is not None:
+            identity = self._identity(job.source)
+            if job.journal is None:
+                job.journal = _Journal.open(self.state_dir, self.api.base_url, self.folder,
+                                            path, job.source.name)
+                job.plan = self._resumed_plan(job, identity)
         if job.plan is None:
             job.plan = self.api.initiate(self.folder, job.source, self.cancel)
             job.initiated = time.monotonic()
-            if job.journal is not None and path is not None:
+            if job.journal is not None:
                 job.journal.create(_journal_record(
-                    self.api.base_url, self.folder, _source_identity(path),
+                    self.api.base_url, self.folder, identity,
                     file_id=job.plan.file_id, upload_id=job.plan.upload_id, key=job.plan.key,
                     bucket=job.plan.bucket, name=job.source.name,
                     mime_type=job.source.mime_type, size=job.source.size,
@@ -2613,15 +2631,30 @@ class _Transfer:
                                      if n not in job.etags)
         self.open_uploads.add(job)
 
-    def _resumed_plan(self, job: _Job) -> Optional[_Plan]:
+    @staticmethod
+    def _identity(source: _Source) -> Json:
+        """The identity of the file a journal will name, which must be the
+        file opened: a path removed or replaced since would record (or
+        resume) another file's bytes."""
+        assert source.path is not None
+        try:
+            identity = _source_identity(source.path)
+        except OSError as exc:
+            raise SourceChangedError("%s is gone since it was opened (%s)"
+                                     % (source.name, exc.strerror or exc)) from None
+        if source.stamp() != (identity["inode"], identity["size"], identity["mtime_ns"]):
+            raise SourceChangedError("%s was replaced or modified since it was opened"
+                                     % source.name)
+        return identity
+
+    def _resumed_plan(self, job: _Job, identity: Json) -> Optional[_Plan]:
         """The plan a journal holds for this upload, if it may be continued;
         a journal that may not is aborted (best effort) and dropped."""
-        assert job.journal is not None and job.source.path is not None
+        assert job.journal is not None
         record = job.journal.load()
         if record is None:
             return None
-        reason = _resume_check(record, self.api.base_url, self.folder,
-                               _source_identity(job.source.path), time.time())
+        reason = _resume_check(record, self.api.base_url, self.folder, identity, time.time())
         if reason is None and (record["name"], record["mime_type"]) != (
                 job.source.name, job.source.mime_type):
             reason = "it was started under another name or type"
@@ -2632,6 +2665,7 @@ class _Transfer:
             job.journal.remove()
             return None
         job.etags = dict(record["etags"])
+        job.add_progress(sum(plan.span(n)[1] for n in job.etags))  # progress ends at the size
         job.initiated = time.monotonic() - max(0.0, time.time() - record["created"])
         _log(_WARNING, "%s: resuming: %d of %d parts already stored", job.source.name,
              len(job.etags), len(plan.urls))
@@ -2755,8 +2789,7 @@ class _Transfer:
         job.add_progress(-job.sent())
         job.cancel.detach()
         job.cancel = _Cancel(self.cancel)
-        if self._step([job], lambda: self._open_upload(job)):
-            self.parts.append(job)
+        self._initiate(job)
 
     def _warn_if_late(self, job: _Job) -> None:
         """Warn, once, when the rate so far says the last part cannot start
@@ -2856,6 +2889,22 @@ class _Transfer:
                 self.on_file_failed = True  # not called again while the run stops
                 raise
 
+    def _abort_all(self, jobs: List[_Job], timeout: Optional[float]) -> Dict[_Job, Optional[str]]:
+        """Abort every open upload at once: after Ctrl-C the user waits for
+        the slowest abort, not for the sum of them."""
+        failed: Dict[_Job, Optional[str]] = {}
+
+        def abort(job: _Job) -> None:
+            failed[job] = "the abort did not end"  # until it did
+            failed[job] = self._abort(job, timeout)
+
+        threads = [threading.Thread(target=abort, args=(job,), daemon=True) for job in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return failed
+
     def _stop(self, exc: BaseException) -> None:
         """The run ends early (Ctrl-C, SIGTERM, a fatal error, a closed
         stdout): stop every worker now, abort every multipart upload left
@@ -2864,8 +2913,7 @@ class _Transfer:
         for future in self.futures:
             future.cancel()  # 3.8 has no shutdown(cancel_futures=True)
         timeout = None if isinstance(exc, Exception) else _ABORT_TIMEOUT
-        failed = {job: self._abort(job, timeout)
-                  for job in sorted(self.open_uploads, key=lambda j: j.index)}
+        failed = self._abort_all(sorted(self.open_uploads, key=lambda j: j.index), timeout)
         for job in sorted(self.live, key=lambda j: j.index):
             text = "upload of %s stopped" % job.source.name
             aborted: Optional[bool] = None
@@ -2940,9 +2988,10 @@ class Client:
         key = os.environ.get(_ENV_KEY, "") if api_key is None else api_key
         if not isinstance(key, str) or not key:
             raise ConfigError("no API key: set %s to your files.link API key" % _ENV_KEY)
-        if _CONTROL.search(key) or key != key.strip():
-            raise ConfigError("the API key contains a newline, a control character or "
-                              "surrounding spaces; check how it was set")
+        if _CONTROL.search(key) or key != key.strip() or not key.isascii():
+            raise ConfigError("the API key contains a newline, a control character, "
+                              "surrounding spaces or characters that are not ASCII (quotes "
+                              "pasted from a page?); check how it was set")
         base = (base_url or os.environ.get(_ENV_BASE_URL) or _DEFAULT_BASE_URL).rstrip("/")
         parts = urllib.parse.urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
