@@ -1214,6 +1214,195 @@ class FakeTestCase(unittest.TestCase):
         self.addCleanup(client.close)
         return client
 
+    # -- the vocabulary of the tests of fileslink ------------------------------
+
+    def mark(self) -> int:
+        """Where the fake's log stands now; pass it to since(), puts(), ..."""
+        return len(self.fake.log)
+
+    def since(self, mark: int, plane: Optional[str] = None,
+              path: Optional[str] = None) -> List[Any]:
+        """Requests logged since `mark`, on `plane`, whose path is (or ends with) `path`."""
+        return [r for r in list(self.fake.log)[mark:]
+                if (plane is None or r.plane == plane)
+                and (path is None or r.path == path or r.path.endswith(path))]
+
+    def puts(self, mark: int = 0) -> List[Any]:
+        return [r for r in self.since(mark, "storage") if r.method == "PUT"]
+
+    def presign_path(self) -> str:
+        return "/v1/files/" + self.fake.folder_id
+
+    def presigns(self, mark: int = 0) -> List[Any]:
+        return self.since(mark, "api", self.presign_path())
+
+    def confirms(self, mark: int = 0) -> List[Any]:
+        return self.since(mark, "api", "/v1/files/confirm-upload")
+
+    def assert_stored(self, result: "fileslink.UploadedFile", data: bytes) -> None:
+        """The service holds exactly `data` under result.id, confirmed."""
+        f = self.fake.files[result.id]
+        self.assertTrue(f.uploaded, "the file was not confirmed / completed")
+        self.assertEqual(f.size, len(data))
+        self.assertEqual(len(f.data), len(data))
+        self.assertTrue(f.data == data, "stored bytes differ from the source")
+        self.assertEqual(result.size, len(data))
+
+    def upload_id(self, file_id: str) -> str:
+        """The id of the one multipart upload of file `file_id`."""
+        ids = [u for u, up in self.fake.multipart.items() if up.file_id == file_id]
+        self.assertEqual(len(ids), 1)
+        return ids[0]
+
+    def uploaded(self) -> Dict[str, bytes]:
+        """name -> bytes of every file the fake holds as uploaded."""
+        return {f.name: f.data for f in self.fake.files.values() if f.uploaded and f.data is not None}
+
+    def bounded(self, fn: Callable[[], Any], seconds: float = 10.0) -> Any:
+        """fn() run in a thread: its result, or its exception re-raised here. A call
+        still running after `seconds` has hung: the test fails instead of the
+        suite hanging, and the thread is stopped (an asynchronous SystemExit
+        raised in it, so that a spinning loop does not burn a core for the rest
+        of the suite)."""
+        box: Dict[str, Any] = {}
+
+        def target() -> None:
+            try:
+                box["result"] = fn()
+            except BaseException as e:     # handed to the test's thread below
+                box["error"] = e
+
+        thread = threading.Thread(target=target, name="test-bounded", daemon=True)
+        thread.start()
+        thread.join(seconds)
+        if thread.is_alive():
+            try:
+                import ctypes
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
+                                                           ctypes.py_object(SystemExit))
+            except (ImportError, AttributeError):
+                pass
+            thread.join(5)
+            self.fail("the call did not return within %.0f s: it hung" % seconds)
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
+
+    def join_workers(self) -> None:
+        """Wait for fileslink's worker threads to end (after a cancelled upload
+        the pool is shut down without waiting): a test must not leak threads."""
+        for t in threading.enumerate():
+            if t.name.startswith("fileslink") and t is not threading.current_thread():
+                # A Ctrl-C landing inside pool.submit() can leave a worker that is
+                # still starting ("limbo"); join() refuses those until they run.
+                started = getattr(t, "_started", None)
+                if started is not None:
+                    started.wait(5)
+                t.join(5)
+                self.assertFalse(t.is_alive(), "worker thread %s still running" % t.name)
+
+    def set_env(self, *, key: bool = False, folder: bool = False) -> None:
+        """Point $FILESLINK_KEY and $FILESLINK_BASE_URL (key=True) and
+        $FILESLINK_FOLDER (folder=True) at the fake; setUp restores the
+        environment after the test."""
+        if key:
+            os.environ.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.fake.base_url)
+        if folder:
+            os.environ["FILESLINK_FOLDER"] = self.fake.folder_id
+
+    def cli(self, *argv: str, stdin: Optional[Any] = None) -> Tuple[int, str, str]:
+        """fileslink.main(argv) with stdout and stderr captured: (code, out, err)."""
+        out, err = io.StringIO(), io.StringIO()
+        saved = sys.stdin
+        if stdin is not None:
+            sys.stdin = stdin
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = fileslink.main(list(argv))
+        finally:
+            sys.stdin = saved
+        return code, out.getvalue(), err.getvalue()
+
+    def json_lines(self, out: str) -> List[Dict[str, Any]]:
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    @property
+    def repo(self) -> str:
+        """The directory fileslink.py was imported from."""
+        return os.path.dirname(os.path.abspath(fileslink.__file__))
+
+    def child_env(self, **extra: str) -> Dict[str, str]:
+        """The environment for a child Python: the fake's key, base URL and folder."""
+        env = dict(os.environ)
+        env.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.fake.base_url,
+                   FILESLINK_FOLDER=self.fake.folder_id, PYTHONDONTWRITEBYTECODE="1")
+        env.pop("PYTHONPATH", None)   # the child imports fileslink.py from the repo (its cwd)
+        env.update(extra)
+        return env
+
+    def run_child(self, *args: str, input: Optional[bytes] = None,
+                  env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
+                  timeout: float = 20) -> "subprocess.CompletedProcess[bytes]":
+        """This Python run with `args`, in the repo, on child_env() unless told."""
+        return subprocess.run([sys.executable] + list(args), input=input,
+                              stdin=None if input is not None else subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              env=env or self.child_env(), cwd=cwd or self.repo, timeout=timeout)
+
+    def recorder(self) -> Tuple[str, List[Tuple[str, str, Dict[str, str]]]]:
+        """A second, tiny HTTP server on another port that records every request
+        (method, path, headers) and answers a JSON success: (its URL, what it saw).
+        Stopped at cleanup."""
+        seen: List[Tuple[str, str, Dict[str, str]]] = []
+
+        class Recorder(http.server.BaseHTTPRequestHandler):
+            def _any(self) -> None:
+                seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                body = b'{"success": true, "urls": [], "data": []}'
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = _any
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
+                                  name="test-recorder", daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join(5)
+
+        self.addCleanup(stop)
+        return "http://127.0.0.1:%d" % server.server_address[1], seen
+
+    def listener(self) -> Tuple[int, Callable[[], bool]]:
+        """A listening socket nobody answers on: (port, was_connected()), which
+        tells whether anything tried to connect to that port. Closed at cleanup."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(5)
+        sock.setblocking(False)
+        self.addCleanup(sock.close)
+
+        def was_connected() -> bool:
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, socket.timeout):
+                return False
+            conn.close()
+            return True
+
+        return sock.getsockname()[1], was_connected
+
 
 # ---------------------------------------------------------------------------
 # Tests of the fake itself (it must be right before it can judge the client)
@@ -1553,75 +1742,7 @@ class TestFake(FakeTestCase):
 # ---- tests of fileslink (merged by the lead) ----
 
 
-class TestCoreCase(FakeTestCase):
-    """Helpers for the core client tests (no tests of its own)."""
-
-    def core_mark(self) -> int:
-        """Where the fake's log stands now; pass it to core_since()."""
-        return len(self.fake.log)
-
-    def core_since(self, mark: int, plane: Optional[str] = None,
-                   path: Optional[str] = None) -> List[Any]:
-        """Requests logged since `mark`, on `plane`, whose path is (or ends with) `path`."""
-        return [r for r in list(self.fake.log)[mark:]
-                if (plane is None or r.plane == plane)
-                and (path is None or r.path == path or r.path.endswith(path))]
-
-    def core_puts(self, mark: int = 0) -> List[Any]:
-        return [r for r in self.core_since(mark, "storage") if r.method == "PUT"]
-
-    def core_presign_path(self) -> str:
-        return "/v1/files/" + self.fake.folder_id
-
-    def core_presigns(self, mark: int = 0) -> List[Any]:
-        return self.core_since(mark, "api", self.core_presign_path())
-
-    def core_confirms(self, mark: int = 0) -> List[Any]:
-        return self.core_since(mark, "api", "/v1/files/confirm-upload")
-
-    def core_assert_stored(self, result: "fileslink.UploadedFile", data: bytes) -> None:
-        """The service holds exactly `data` under result.id, confirmed."""
-        f = self.fake.files[result.id]
-        self.assertTrue(f.uploaded, "the file was not confirmed / completed")
-        self.assertEqual(f.size, len(data))
-        self.assertEqual(len(f.data), len(data))
-        self.assertTrue(f.data == data, "stored bytes differ from the source")
-        self.assertEqual(result.size, len(data))
-
-    def core_upload_id(self, file_id: str) -> str:
-        ids = [u for u, up in self.fake.multipart.items() if up.file_id == file_id]
-        self.assertEqual(len(ids), 1)
-        return ids[0]
-
-    def core_upload_within(self, seconds: float, client: "fileslink.Client", *args: Any,
-                           **kwargs: Any) -> "fileslink.UploadedFile":
-        """client.upload(*args, **kwargs), run in a daemon thread so that a client
-        that never returns fails this test instead of hanging the whole suite."""
-        box: Dict[str, Any] = {}
-
-        def run() -> None:
-            try:
-                box["result"] = client.upload(*args, **kwargs)
-            except BaseException as exc:   # handed to the test's thread below
-                box["error"] = exc
-
-        thread = threading.Thread(target=run, name="core-upload", daemon=True)
-        thread.start()
-        thread.join(seconds)
-        if thread.is_alive():
-            self.fail("upload() did not return within %s s: the client is stuck" % seconds)
-        if "error" in box:
-            raise box["error"]
-        return box["result"]
-
-    def core_get(self, url: str) -> bytes:
-        """GET a URL on the fake, no proxy, no key."""
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        with opener.open(url, timeout=5) as resp:
-            return resp.read()
-
-
-class TestCoreSmallPartsCase(TestCoreCase):
+class TestCoreSmallPartsCase(FakeTestCase):
     """A fake whose parts may be 1 MiB, so multipart tests stay small and fast."""
 
     fake_options = {"min_part_size": MiB}
@@ -1631,19 +1752,19 @@ class TestCoreSmallPartsCase(TestCoreCase):
 # 1. Byte-exact uploads, from every kind of source
 # ---------------------------------------------------------------------------
 
-class TestCoreByteExact(TestCoreCase):
+class TestCoreByteExact(FakeTestCase):
 
     def test_single_part_uploads_store_exactly_the_file(self) -> None:
         client = self.client()
         for size in (0, 1, 1000):
             with self.subTest(size=size):
                 path, data = self.make_file("single-%d.bin" % size, size, seed=size)
-                mark = self.core_mark()
+                mark = self.mark()
                 result = client.upload(path, self.fake.folder_id)
-                self.core_assert_stored(result, data)
+                self.assert_stored(result, data)
                 self.assertEqual((result.name, result.multipart), ("single-%d.bin" % size, False))
-                self.assertEqual(len(self.core_puts(mark)), 1)
-                self.assertEqual(self.core_puts(mark)[0].headers["content-length"], str(size))
+                self.assertEqual(len(self.puts(mark)), 1)
+                self.assertEqual(self.puts(mark)[0].headers["content-length"], str(size))
 
     def test_multipart_uploads_at_part_boundaries_store_exactly_the_file(self) -> None:
         # The fake plans 5 MiB parts; the threshold lets a 5 MiB file go multipart.
@@ -1654,15 +1775,15 @@ class TestCoreByteExact(TestCoreCase):
         for label, size, part_sizes in cases:
             with self.subTest(label):
                 path, data = self.make_file("mp-%d.bin" % size, size, seed=size)
-                mark = self.core_mark()
+                mark = self.mark()
                 result = client.upload(path, self.fake.folder_id)
                 self.assertTrue(result.multipart)
-                self.core_assert_stored(result, data)
-                up = self.fake.multipart[self.core_upload_id(result.id)]
+                self.assert_stored(result, data)
+                up = self.fake.multipart[self.upload_id(result.id)]
                 self.assertEqual(up.state, "completed")
                 self.assertEqual([up.parts[n][0] for n in sorted(up.parts)], part_sizes)
-                self.assertEqual(len(self.core_puts(mark)), len(part_sizes))
-                self.assertEqual(self.core_confirms(mark), [])   # complete is the confirmation
+                self.assertEqual(len(self.puts(mark)), len(part_sizes))
+                self.assertEqual(self.confirms(mark), [])   # complete is the confirmation
 
 
 class TestCoreSources(TestCoreSmallPartsCase):
@@ -1674,7 +1795,7 @@ class TestCoreSources(TestCoreSmallPartsCase):
 
         def from_pipe(payload: bytes, name: str) -> "fileslink.UploadedFile":
             r, w = os.pipe()
-            writer = threading.Thread(target=self._core_write_and_close, args=(w, payload))
+            writer = threading.Thread(target=self._write_and_close, args=(w, payload))
             writer.start()
             try:
                 with os.fdopen(r, "rb") as stream:
@@ -1704,12 +1825,12 @@ class TestCoreSources(TestCoreSmallPartsCase):
         for label, run, want, name in cases:
             with self.subTest(label):
                 result = run()
-                self.core_assert_stored(result, want)
+                self.assert_stored(result, want)
                 self.assertEqual(result.name, name)
                 self.assertEqual(self.fake.files[result.id].name, name)
 
     @staticmethod
-    def _core_write_and_close(fd: int, payload: bytes) -> None:
+    def _write_and_close(fd: int, payload: bytes) -> None:
         try:
             view = memoryview(payload)
             while view:
@@ -1726,7 +1847,7 @@ class TestCoreSources(TestCoreSmallPartsCase):
             f.seek(1000)
             result = client.upload(f, self.fake.folder_id)
             self.assertFalse(f.closed, "the client closed a file object it does not own")
-        self.core_assert_stored(result, data[1000:])
+        self.assert_stored(result, data[1000:])
         self.assertEqual(result.name, "offset.bin")
 
     def test_seekable_stream_at_an_offset_goes_multipart_and_stays_exact(self) -> None:
@@ -1736,13 +1857,13 @@ class TestCoreSources(TestCoreSmallPartsCase):
         client = self.client(multipart_threshold=MiB, max_workers=3)
         result = client.upload(stream, self.fake.folder_id, name="stream.bin")
         self.assertTrue(result.multipart)
-        self.core_assert_stored(result, data[123:])
+        self.assert_stored(result, data[123:])
 
     def test_large_pipe_is_spooled_and_uploaded_multipart_exactly(self) -> None:
         data = pseudo_random_bytes(9 * MiB + 5, seed=9)   # above the 8 MiB in-memory spool
         client = self.client(multipart_threshold=MiB, max_workers=3)
         r, w = os.pipe()
-        writer = threading.Thread(target=self._core_write_and_close, args=(w, data))
+        writer = threading.Thread(target=self._write_and_close, args=(w, data))
         writer.start()
         try:
             with os.fdopen(r, "rb") as stream:
@@ -1750,7 +1871,7 @@ class TestCoreSources(TestCoreSmallPartsCase):
         finally:
             writer.join(10)
         self.assertTrue(result.multipart)
-        self.core_assert_stored(result, data)
+        self.assert_stored(result, data)
 
     def test_upload_many_takes_name_and_source_pairs(self) -> None:
         path, from_disk = self.make_file("on-disk.bin", 3000, seed=2)
@@ -1761,7 +1882,7 @@ class TestCoreSources(TestCoreSmallPartsCase):
                                       ("stream.dat", io.BytesIO(streamed))], self.fake.folder_id)
         self.assertEqual([r.name for r in results], ["renamed.bin", "memory.txt", "stream.dat"])
         for result, want in zip(results, (from_disk, in_memory, streamed)):
-            self.core_assert_stored(result, want)
+            self.assert_stored(result, want)
         self.assertEqual(results[1].mime_type, "text/plain")
 
 
@@ -1769,7 +1890,7 @@ class TestCoreSources(TestCoreSmallPartsCase):
 # 2. Multipart: every alias shape of the initiate response; the part plan
 # ---------------------------------------------------------------------------
 
-def _core_alias_shapes() -> List[Tuple[str, Callable[[dict], dict]]]:
+def _alias_shapes() -> List[Tuple[str, Callable[[dict], dict]]]:
     """(label, transform of the fake's canonical initiate `data`), one per alias."""
     def urls(d: dict) -> List[str]:
         return [p["url"] for p in d["parts"]]
@@ -1805,16 +1926,16 @@ class TestCoreMultipartAliases(TestCoreSmallPartsCase):
         size = 3 * MiB - 1
         path, data = self.make_file("alias.bin", size, seed=21)
         client = self.client(multipart_threshold=MiB, max_workers=3)
-        for label, transform in _core_alias_shapes():
+        for label, transform in _alias_shapes():
             with self.subTest(label):
                 self.fake.initiate_transform = transform
                 result = client.upload(path, self.fake.folder_id)
                 self.assertTrue(result.multipart)
-                self.core_assert_stored(result, data)
-                upload_id = self.core_upload_id(result.id)
+                self.assert_stored(result, data)
+                upload_id = self.upload_id(result.id)
                 up = self.fake.multipart[upload_id]
                 self.assertEqual(up.state, "completed")
-                complete = self.fake.api_calls("/v1/files/multipart/complete")[-1].json
+                complete = self.fake.api_calls("/multipart/complete")[-1].json
                 self.assertEqual({k: complete[k] for k in ("fileId", "uploadId", "key", "bucket")},
                                  {"fileId": result.id, "uploadId": upload_id, "key": up.key,
                                   "bucket": up.bucket})
@@ -1833,7 +1954,7 @@ class TestCoreMultipartAliases(TestCoreSmallPartsCase):
             client.upload(path, self.fake.folder_id)
         self.assertIn("upload", str(caught.exception))
         self.assertIn("chunks", str(caught.exception))
-        self.assertEqual(self.core_puts(), [])
+        self.assertEqual(self.puts(), [])
 
     def test_an_initiate_plan_that_does_not_cover_the_file_is_refused_and_aborted(self) -> None:
         self.fake.initiate_transform = lambda d: dict(d, partSize=d["partSize"] // 2)
@@ -1841,7 +1962,7 @@ class TestCoreMultipartAliases(TestCoreSmallPartsCase):
         client = self.client(multipart_threshold=MiB)
         with self.assertRaises(fileslink.ProtocolError):
             client.upload(path, self.fake.folder_id)
-        self.assertEqual(self.core_puts(), [])
+        self.assertEqual(self.puts(), [])
         (up,) = self.fake.multipart.values()
         self.assertEqual(up.state, "aborted")       # opened, so not left open and billed
 
@@ -1850,7 +1971,7 @@ class TestCorePartPlan(unittest.TestCase):
     """fileslink._plan_parts: the plan the service hands out, checked before any PUT."""
 
     @staticmethod
-    def _core_data(part_size: Optional[int], numbers: List[Any]) -> Dict[str, Any]:
+    def _data(part_size: Optional[int], numbers: List[Any]) -> Dict[str, Any]:
         data: Dict[str, Any] = {
             "fileId": "f", "uploadId": "u", "key": "k", "bucket": "b",
             "parts": [{"partNumber": n, "url": "https://s3.example/k?partNumber=%s" % n}
@@ -1863,7 +1984,7 @@ class TestCorePartPlan(unittest.TestCase):
         size = 1024 ** 4
         part_size = 105 * MiB                 # the smallest whole MiB giving <= 10,000 parts
         count = -(-size // part_size)
-        plan = fileslink._plan_parts(size, self._core_data(part_size, list(range(1, count + 1))))
+        plan = fileslink._plan_parts(size, self._data(part_size, list(range(1, count + 1))))
         self.assertLessEqual(len(plan.urls), 10000)
         self.assertEqual(len(plan.urls), count)
         spans = [plan.span(n) for n in (1, 2, count)]
@@ -1874,27 +1995,27 @@ class TestCorePartPlan(unittest.TestCase):
 
     def test_exactly_ten_thousand_parts_are_accepted(self) -> None:
         plan = fileslink._plan_parts(10000 * 5 * MiB,
-                                     self._core_data(5 * MiB, list(range(1, 10001))))
+                                     self._data(5 * MiB, list(range(1, 10001))))
         self.assertEqual(len(plan.urls), 10000)
 
     def test_parts_listed_out_of_order_are_sent_by_number(self) -> None:
-        plan = fileslink._plan_parts(3 * MiB, self._core_data(MiB, [3, 1, 2]))
+        plan = fileslink._plan_parts(3 * MiB, self._data(MiB, [3, 1, 2]))
         self.assertEqual([u.rsplit("=", 1)[1] for u in plan.urls], ["1", "2", "3"])
 
     def test_plans_that_cannot_be_right_are_protocol_errors(self) -> None:
         cases = [
-            ("parts do not reach the end", 10 * MiB, self._core_data(MiB, [1, 2, 3])),
-            ("more parts than the size needs", 3 * MiB, self._core_data(5 * MiB, [1, 2, 3])),
-            ("more than 10,000 parts", 10001, self._core_data(1, list(range(1, 10002)))),
-            ("duplicate part number", 3 * MiB, self._core_data(MiB, [1, 1, 2])),
-            ("numbering starts at 0", 3 * MiB, self._core_data(MiB, [0, 1, 2])),
-            ("a gap in the numbering", 3 * MiB, self._core_data(MiB, [1, 2, 4])),
-            ("part number not an integer", 3 * MiB, self._core_data(MiB, ["1", "2", "3"])),
+            ("parts do not reach the end", 10 * MiB, self._data(MiB, [1, 2, 3])),
+            ("more parts than the size needs", 3 * MiB, self._data(5 * MiB, [1, 2, 3])),
+            ("more than 10,000 parts", 10001, self._data(1, list(range(1, 10002)))),
+            ("duplicate part number", 3 * MiB, self._data(MiB, [1, 1, 2])),
+            ("numbering starts at 0", 3 * MiB, self._data(MiB, [0, 1, 2])),
+            ("a gap in the numbering", 3 * MiB, self._data(MiB, [1, 2, 4])),
+            ("part number not an integer", 3 * MiB, self._data(MiB, ["1", "2", "3"])),
             ("part size not an integer", 3 * MiB,
-             dict(self._core_data(MiB, [1, 2, 3]), partSize="1048576")),
-            ("no upload id", 3 * MiB, {k: v for k, v in self._core_data(MiB, [1, 2, 3]).items()
+             dict(self._data(MiB, [1, 2, 3]), partSize="1048576")),
+            ("no upload id", 3 * MiB, {k: v for k, v in self._data(MiB, [1, 2, 3]).items()
                                        if k != "uploadId"}),
-            ("no parts", 3 * MiB, self._core_data(MiB, [])),
+            ("no parts", 3 * MiB, self._data(MiB, [])),
             ("data is a list", 3 * MiB, [1, 2, 3]),
         ]
         for label, size, data in cases:
@@ -1907,7 +2028,7 @@ class TestCorePartPlan(unittest.TestCase):
 # 3. The PUT on the wire; connection reuse
 # ---------------------------------------------------------------------------
 
-class TestCoreWire(TestCoreCase):
+class TestCoreWire(FakeTestCase):
 
     def test_put_carries_length_and_declared_type_and_never_the_key(self) -> None:
         client = self.client()
@@ -1917,13 +2038,13 @@ class TestCoreWire(TestCoreCase):
         for name, mime in cases:
             with self.subTest(name):
                 data = pseudo_random_bytes(3000, seed=len(name))
-                mark = self.core_mark()
+                mark = self.mark()
                 result = client.upload(data, self.fake.folder_id, name=name)
                 self.assertEqual(result.mime_type, mime)
-                presign = self.core_presigns(mark)[0]
+                presign = self.presigns(mark)[0]
                 self.assertEqual(presign.json["filesMetadata"],
                                  [{"name": name, "size": 3000, "mimeType": mime}])
-                put = self.core_puts(mark)[0]
+                put = self.puts(mark)[0]
                 self.assertEqual(put.headers.get("content-length"), "3000")
                 self.assertNotIn("transfer-encoding", put.headers)
                 self.assertNotIn("authorization", put.headers)
@@ -1931,16 +2052,16 @@ class TestCoreWire(TestCoreCase):
                 self.assertNotEqual(put.headers.get("content-type"),
                                     "application/x-www-form-urlencoded")
                 self.assertEqual(self.fake.files[result.id].mime_type, mime)
-                for call in self.core_since(mark, "api"):
+                for call in self.since(mark, "api"):
                     self.assertEqual(call.headers.get("authorization"), self.fake.api_key)
 
     def test_explicit_mime_type_is_declared_and_sent(self) -> None:
         client = self.client()
-        mark = self.core_mark()
+        mark = self.mark()
         client.upload(b"{}", self.fake.folder_id, name="x.bin", mime_type="application/json")
-        self.assertEqual(self.core_presigns(mark)[0].json["filesMetadata"][0]["mimeType"],
+        self.assertEqual(self.presigns(mark)[0].json["filesMetadata"][0]["mimeType"],
                          "application/json")
-        self.assertEqual(self.core_puts(mark)[0].headers["content-type"], "application/json")
+        self.assertEqual(self.puts(mark)[0].headers["content-type"], "application/json")
 
     def test_an_api_call_does_not_allocate_its_body_cap(self) -> None:
         # A small answer must cost small memory. (Before 3.10, HTTPResponse.read(n)
@@ -1956,7 +2077,7 @@ class TestCoreWire(TestCoreCase):
             tracemalloc.stop()
         self.assertLess(peak, 4 * MiB)
 
-    def _core_count_connections(self) -> Dict[int, int]:
+    def _count_connections(self) -> Dict[int, int]:
         """Patch-free of fileslink: counts TCP connections opened through
         socket.create_connection (what http.client uses), per port, from now on."""
         counts: Dict[int, int] = {}
@@ -1976,21 +2097,21 @@ class TestCoreWire(TestCoreCase):
     def test_uploads_from_one_client_reuse_one_connection_per_host(self) -> None:
         api_port = int(self.fake.base_url.rsplit(":", 1)[1])
         storage_port = int(self.fake.storage_url.rsplit(":", 1)[1])
-        counts = self._core_count_connections()
+        counts = self._count_connections()
         client = self.client()
         for i in range(5):
             client.upload(pseudo_random_bytes(2000, seed=i), self.fake.folder_id, name="r%d" % i)
-        self.assertEqual(len(self.core_puts()), 5)
+        self.assertEqual(len(self.puts()), 5)
         self.assertEqual(counts, {api_port: 1, storage_port: 1})
 
     def test_upload_many_opens_at_most_one_storage_connection_per_worker(self) -> None:
         api_port = int(self.fake.base_url.rsplit(":", 1)[1])
         storage_port = int(self.fake.storage_url.rsplit(":", 1)[1])
-        counts = self._core_count_connections()
+        counts = self._count_connections()
         client = self.client(max_workers=3)
         items = [("m%02d.bin" % i, pseudo_random_bytes(4000, seed=i)) for i in range(24)]
         client.upload_many(items, self.fake.folder_id)
-        self.assertEqual(len(self.core_puts()), 24)
+        self.assertEqual(len(self.puts()), 24)
         self.assertEqual(counts.get(api_port), 1)
         self.assertLessEqual(counts.get(storage_port, 0), 3)
 
@@ -1999,7 +2120,7 @@ class TestCoreWire(TestCoreCase):
 # 4. Batching
 # ---------------------------------------------------------------------------
 
-class TestCoreBatching(TestCoreCase):
+class TestCoreBatching(FakeTestCase):
 
     def test_upload_many_of_120_files_costs_at_most_12_api_calls_and_keeps_order(self) -> None:
         # The first file is the largest, so it is not the first to finish.
@@ -2009,20 +2130,20 @@ class TestCoreBatching(TestCoreCase):
         results = client.upload_many(items, self.fake.folder_id)
         self.assertEqual([r.name for r in results], [name for name, _ in items])
         for result, (_, data) in zip(results, items):
-            self.core_assert_stored(result, data)
-        calls = len(self.core_presigns()) + len(self.core_confirms())
+            self.assert_stored(result, data)
+        calls = len(self.presigns()) + len(self.confirms())
         self.assertLessEqual(calls, 12)
-        self.assertEqual(sum(len(r.json["filesMetadata"]) for r in self.core_presigns()), 120)
-        self.assertEqual(sorted(i for r in self.core_confirms() for i in r.json["ids"]),
+        self.assertEqual(sum(len(r.json["filesMetadata"]) for r in self.presigns()), 120)
+        self.assertEqual(sorted(i for r in self.confirms() for i in r.json["ids"]),
                          sorted(r.id for r in results))
-        self.assertEqual(len(self.core_puts()), 120)
+        self.assertEqual(len(self.puts()), 120)
 
 
 # ---------------------------------------------------------------------------
 # 5. Retry
 # ---------------------------------------------------------------------------
 
-_CORE_RETRYABLE = [
+_RETRYABLE = [
     ("connection reset mid-body", {"reset_after": 64 * 1024}),
     ("500", {"status": 500}),
     ("502", {"status": 502}),
@@ -2037,42 +2158,42 @@ class TestCoreRetry(TestCoreSmallPartsCase):
 
     def test_each_retryable_put_failure_is_retried_and_the_upload_succeeds(self) -> None:
         client = self.client()
-        for i, (label, fault) in enumerate(_CORE_RETRYABLE):
+        for i, (label, fault) in enumerate(_RETRYABLE):
             with self.subTest(label):
                 data = pseudo_random_bytes(256 * 1024, seed=100 + i)
                 self.fake.inject("storage", **fault)  # type: ignore[arg-type]
-                mark = self.core_mark()
+                mark = self.mark()
                 seen: List[int] = []
                 result = client.upload(
                     data, self.fake.folder_id, name="r%d.bin" % i,
                     progress=lambda name, sent, total, seen=seen: seen.append(sent))
-                self.core_assert_stored(result, data)
-                puts = self.core_puts(mark)
+                self.assert_stored(result, data)
+                puts = self.puts(mark)
                 self.assertEqual([p.status for p in puts], [fault.get("status", 0), 200])
                 # Each try announced the same length and the retry sent all of it.
                 self.assertEqual([p.headers["content-length"] for p in puts], [str(len(data))] * 2)
                 self.assertEqual(puts[1].body_size, len(data))
                 self.assertEqual(seen[-1], len(data))          # progress rewound, not doubled
                 self.assertLessEqual(max(seen), len(data))
-                self.assertEqual(len(self.core_presigns(mark)), 1)
-                self.assertEqual(len(self.core_confirms(mark)), 1)
+                self.assertEqual(len(self.presigns(mark)), 1)
+                self.assertEqual(len(self.confirms(mark)), 1)
 
     def test_each_retryable_api_failure_is_retried_and_the_upload_succeeds(self) -> None:
         client = self.client()
         api_faults = [(label, dict(fault, reset_after=0) if "reset_after" in fault else fault)
-                      for label, fault in _CORE_RETRYABLE]
-        for route, path in (("presign", self.core_presign_path()),
+                      for label, fault in _RETRYABLE]
+        for route, path in (("presign", self.presign_path()),
                             ("confirm", "/v1/files/confirm-upload")):
             for i, (label, fault) in enumerate(api_faults):
                 with self.subTest(route=route, fault=label):
                     data = pseudo_random_bytes(1000, seed=200 + i)
                     self.fake.inject("api", path_contains=path, **fault)  # type: ignore[arg-type]
-                    mark = self.core_mark()
+                    mark = self.mark()
                     result = client.upload(data, self.fake.folder_id, name="a%d.bin" % i)
-                    self.core_assert_stored(result, data)
-                    calls = self.core_since(mark, "api", path)
+                    self.assert_stored(result, data)
+                    calls = self.since(mark, "api", path)
                     self.assertEqual([c.status for c in calls], [fault.get("status", 0), 200])
-                    self.assertEqual(len(self.core_puts(mark)), 1)
+                    self.assertEqual(len(self.puts(mark)), 1)
 
     def test_a_retried_part_resends_the_same_bytes_from_its_own_offset(self) -> None:
         # A part reset mid-body, another refused with 503: the object must
@@ -2084,9 +2205,9 @@ class TestCoreRetry(TestCoreSmallPartsCase):
         self.fake.inject("storage", status=503)
         client = self.client(multipart_threshold=MiB, max_workers=2)
         result = client.upload(stream, self.fake.folder_id, name="retried.bin")
-        self.core_assert_stored(result, data)
-        up = self.fake.multipart[self.core_upload_id(result.id)]
-        puts = self.core_puts()
+        self.assert_stored(result, data)
+        up = self.fake.multipart[self.upload_id(result.id)]
+        puts = self.puts()
         self.assertEqual(len(puts), len(up.parts) + 2)
         for put in puts:
             self.assertEqual(int(put.headers["content-length"]),
@@ -2101,24 +2222,24 @@ class TestCoreRetry(TestCoreSmallPartsCase):
         for status in (400, 401, 403, 404):
             with self.subTest(status=status):
                 self.fake.inject("storage", status=status)
-                mark = self.core_mark()
+                mark = self.mark()
                 with self.assertRaises(fileslink.TransferError) as caught:
                     client.upload(b"payload", self.fake.folder_id, name="n%d.bin" % status)
                 self.assertEqual(caught.exception.status, status)
                 self.assertIsNone(caught.exception.part)
                 self.assertIn(str(status), str(caught.exception))
-                self.assertEqual(len(self.core_puts(mark)), 1)
-                self.assertEqual(self.core_confirms(mark), [])
-                self.assertEqual(len(self.core_presigns(mark)), 1)   # not presigned again
+                self.assertEqual(len(self.puts(mark)), 1)
+                self.assertEqual(self.confirms(mark), [])
+                self.assertEqual(len(self.presigns(mark)), 1)   # not presigned again
 
     def test_each_non_retryable_api_failure_is_tried_once(self) -> None:
         client = self.client()
         for status, cls in ((400, fileslink.APIError), (404, fileslink.APIError),
                             (401, fileslink.AuthError), (403, fileslink.AuthError)):
             with self.subTest(status=status):
-                self.fake.inject("api", status=status, path_contains=self.core_presign_path(),
+                self.fake.inject("api", status=status, path_contains=self.presign_path(),
                                  body={"success": False, "message": "refused %d" % status})
-                mark = self.core_mark()
+                mark = self.mark()
                 with self.assertRaises(fileslink.APIError) as caught:
                     client.upload(b"payload", self.fake.folder_id, name="n.bin")
                 self.assertIs(type(caught.exception), cls)
@@ -2126,45 +2247,45 @@ class TestCoreRetry(TestCoreSmallPartsCase):
                 self.assertEqual(caught.exception.message, "refused %d" % status)
                 self.assertIn("refused %d" % status, str(caught.exception))
                 self.assertNotIn(self.fake.api_key, str(caught.exception))
-                self.assertEqual(len(self.core_presigns(mark)), 1)
-                self.assertEqual(self.core_puts(mark), [])
+                self.assertEqual(len(self.presigns(mark)), 1)
+                self.assertEqual(self.puts(mark), [])
 
     def test_429_that_outlasts_the_retries_is_a_rate_limit_error(self) -> None:
         self.fake.inject("api", status=429, headers={"Retry-After": "0"}, times=3,
-                         path_contains=self.core_presign_path())
+                         path_contains=self.presign_path())
         with self.assertRaises(fileslink.RateLimitError) as caught:
             self.client().upload(b"x", self.fake.folder_id, name="x.bin")
         self.assertEqual(caught.exception.status, 429)
-        self.assertEqual(len(self.core_presigns()), 3)
+        self.assertEqual(len(self.presigns()), 3)
 
     def test_retry_after_on_the_api_is_honoured(self) -> None:
         client = self.client(retry=fileslink.Retry(attempts=2, backoff=0, max_backoff=0))
         self.fake.inject("api", status=429, headers={"Retry-After": "1"},
-                         path_contains=self.core_presign_path())
+                         path_contains=self.presign_path())
         started = time.monotonic()
         client.upload(b"patience", self.fake.folder_id, name="p.bin")
         elapsed = time.monotonic() - started
         self.assertGreaterEqual(elapsed, 0.9)
         self.assertLess(elapsed, 5)
-        self.assertEqual([c.status for c in self.core_presigns()], [429, 200])
+        self.assertEqual([c.status for c in self.presigns()], [429, 200])
 
     def test_retry_after_too_long_to_wait_is_raised_at_once(self) -> None:
         self.fake.inject("api", status=429, headers={"Retry-After": "3600"},
-                         path_contains=self.core_presign_path())
+                         path_contains=self.presign_path())
         started = time.monotonic()
         with self.assertRaises(fileslink.RateLimitError) as caught:
             self.client().upload(b"x", self.fake.folder_id, name="x.bin")
         self.assertLess(time.monotonic() - started, 2)
         self.assertEqual(caught.exception.status, 429)
-        self.assertEqual(len(self.core_presigns()), 1)
+        self.assertEqual(len(self.presigns()), 1)
 
     def test_put_whose_etag_disagrees_with_the_bytes_sent_is_sent_again(self) -> None:
         data = pseudo_random_bytes(100 * 1024, seed=33)
         self.fake.inject("storage", wrong_etag=True)      # corrupted in transit
         result = self.client().upload(data, self.fake.folder_id, name="damaged.bin")
-        self.core_assert_stored(result, data)             # the damaged copy was replaced
-        self.assertEqual([p.status for p in self.core_puts()], [200, 200])
-        self.assertEqual(len(self.core_confirms()), 1)
+        self.assert_stored(result, data)             # the damaged copy was replaced
+        self.assertEqual([p.status for p in self.puts()], [200, 200])
+        self.assertEqual(len(self.confirms()), 1)
 
 
 class TestCoreRetryArithmetic(unittest.TestCase):
@@ -2213,26 +2334,26 @@ class TestCoreAbort(TestCoreSmallPartsCase):
         self.fake.inject("storage", status=400)
         client = self.client(multipart_threshold=MiB, max_workers=1)
         with self.assertRaises(fileslink.TransferError) as caught:
-            self.core_upload_within(10, client, path, self.fake.folder_id)
-        puts = self.core_puts()
+            self.bounded(lambda: client.upload(path, self.fake.folder_id), 10)
+        puts = self.puts()
         self.assertEqual(caught.exception.status, 400)
         self.assertEqual(caught.exception.part, int(puts[0].query["partNumber"]))
         self.assertLess(len(puts), 6)                   # the other parts stopped
         (up,) = self.fake.multipart.values()
         self.assertEqual(up.state, "aborted")
         self.assertFalse(self.fake.files[up.file_id].uploaded)
-        aborts = self.fake.api_calls("/v1/files/multipart/abort")
+        aborts = self.fake.api_calls("/multipart/abort")
         self.assertEqual(len(aborts), 1)
         self.assertEqual(aborts[0].json["uploadId"], up.upload_id)
-        self.assertEqual(self.fake.api_calls("/v1/files/multipart/complete"), [])
+        self.assertEqual(self.fake.api_calls("/multipart/complete"), [])
 
     def test_part_that_fails_through_every_retry_ends_the_upload_with_its_number(self) -> None:
         path, _ = self.make_file("flaky.bin", 4 * MiB, seed=43)     # 4 parts
         self.fake.inject("storage", status=500, times=3)
         client = self.client(multipart_threshold=MiB, max_workers=1)
         with self.assertRaises(fileslink.TransferError) as caught:
-            self.core_upload_within(10, client, path, self.fake.folder_id)
-        numbers = [p.query["partNumber"] for p in self.core_puts()]
+            self.bounded(lambda: client.upload(path, self.fake.folder_id), 10)
+        numbers = [p.query["partNumber"] for p in self.puts()]
         self.assertEqual(numbers[:3], ["1", "1", "1"])      # tried 3 times in all
         # The part queued behind it may already be under way; no more than that.
         self.assertLessEqual(len(numbers), 4)
@@ -2253,8 +2374,8 @@ class TestCoreAbort(TestCoreSmallPartsCase):
                 # Aimed at this file: a cancelled PUT of the last one may still reach the fake.
                 fake.inject("storage", status=400, path_contains="/q%d.bin" % i)
                 with self.assertRaises(fileslink.TransferError):
-                    self.core_upload_within(5, client, pseudo_random_bytes(8 * 1024, seed=i),
-                                            fake.folder_id, name="q%d.bin" % i)
+                    self.bounded(lambda: client.upload(pseudo_random_bytes(8 * 1024, seed=i),
+                                                       fake.folder_id, name="q%d.bin" % i), 5)
             self.assertEqual([up.state for up in fake.multipart.values()], ["aborted"] * 20)
 
     def test_multipart_upload_is_aborted_on_keyboard_interrupt(self) -> None:
@@ -2278,7 +2399,7 @@ class TestCoreAbort(TestCoreSmallPartsCase):
         (up,) = self.fake.multipart.values()
         self.assertEqual(up.state, "aborted")
         self.assertFalse(self.fake.files[up.file_id].uploaded)
-        self.assertEqual(self.fake.api_calls("/v1/files/multipart/complete"), [])
+        self.assertEqual(self.fake.api_calls("/multipart/complete"), [])
         # The workers stop promptly: none is left sending once the call returned.
         for thread in set(threading.enumerate()) - before:
             if thread.name.startswith("fileslink"):
@@ -2296,15 +2417,15 @@ class TestCoreExpired(TestCoreSmallPartsCase):
         data = pseudo_random_bytes(5000, seed=51)
         self.fake.inject("storage", expire=True)
         result = self.client().upload(data, self.fake.folder_id, name="late.bin")
-        self.core_assert_stored(result, data)
-        presigns = self.core_presigns()
+        self.assert_stored(result, data)
+        presigns = self.presigns()
         self.assertEqual(len(presigns), 2)
         first, second = [f for f in self.fake.files.values() if f.name == "late.bin"]
         self.assertEqual(result.id, second.id)
         self.assertNotEqual(first.id, second.id)
         self.assertFalse(first.uploaded)                 # the old row stays unconfirmed
-        self.assertEqual([c.json["ids"] for c in self.core_confirms()], [[second.id]])
-        self.assertEqual([p.status for p in self.core_puts()], [403, 200])
+        self.assertEqual([c.json["ids"] for c in self.confirms()], [[second.id]])
+        self.assertEqual([p.status for p in self.puts()], [403, 200])
 
     def test_url_that_expires_every_time_ends_in_a_transfer_error(self) -> None:
         self.fake.inject("storage", expire=True, times=10)
@@ -2312,17 +2433,17 @@ class TestCoreExpired(TestCoreSmallPartsCase):
             self.client().upload(b"never", self.fake.folder_id, name="never.bin")
         self.assertEqual(caught.exception.status, 403)
         self.assertIsNone(caught.exception.part)
-        self.assertEqual(len(self.core_presigns()), 3)
-        self.assertEqual(len(self.core_puts()), 3)
-        self.assertEqual(self.core_confirms(), [])
+        self.assertEqual(len(self.presigns()), 3)
+        self.assertEqual(len(self.puts()), 3)
+        self.assertEqual(self.confirms(), [])
 
     def test_expired_part_url_fails_the_upload_and_aborts_it(self) -> None:
         path, _ = self.make_file("expiring.bin", 4 * MiB, seed=53)
         self.fake.inject("storage", expire=True)
         client = self.client(multipart_threshold=MiB, max_workers=1)
         with self.assertRaises(fileslink.TransferError) as caught:
-            self.core_upload_within(10, client, path, self.fake.folder_id)
-        first = self.core_puts()[0]
+            self.bounded(lambda: client.upload(path, self.fake.folder_id), 10)
+        first = self.puts()[0]
         self.assertEqual(first.status, 403)
         self.assertEqual(caught.exception.part, int(first.query["partNumber"]))
         self.assertEqual(caught.exception.status, 403)
@@ -2335,7 +2456,7 @@ class TestCoreExpired(TestCoreSmallPartsCase):
 # 8. The three traps of the standard library
 # ---------------------------------------------------------------------------
 
-class TestCoreTraps(TestCoreCase):
+class TestCoreTraps(FakeTestCase):
 
     def test_each_part_is_sent_through_a_reader_bounded_to_its_length(self) -> None:
         # One worker: every part goes down the same kept-alive connection, so a
@@ -2344,9 +2465,9 @@ class TestCoreTraps(TestCoreCase):
         path, data = self.make_file("bounded.bin", 11 * MiB, seed=61)
         client = self.client(multipart_threshold=6 * MiB, max_workers=1)
         result = client.upload(path, self.fake.folder_id)
-        self.core_assert_stored(result, data)
-        up = self.fake.multipart[self.core_upload_id(result.id)]
-        puts = self.core_puts()
+        self.assert_stored(result, data)
+        up = self.fake.multipart[self.upload_id(result.id)]
+        puts = self.puts()
         self.assertEqual(len(puts), up.part_count)        # no extra request
         self.assertEqual(len(self.fake.log), up.part_count + 2)   # + initiate, complete
         for put in puts:
@@ -2360,11 +2481,11 @@ class TestCoreTraps(TestCoreCase):
         data = pseudo_random_bytes(16 * MiB, seed=62)
         self.fake.inject("storage", expire=True)
         result = self.client().upload(data, self.fake.folder_id, name="large.bin")
-        self.core_assert_stored(result, data)
-        first, second = self.core_puts()
+        self.assert_stored(result, data)
+        first, second = self.puts()
         self.assertEqual((first.status, second.status), (403, 200))
         self.assertLess(first.body_size, len(data))       # refused mid-body
-        self.assertEqual(len(self.core_presigns()), 2)
+        self.assertEqual(len(self.presigns()), 2)
 
     def test_early_403_for_a_bad_signature_is_reported_as_a_transfer_error(self) -> None:
         def tamper(d: dict) -> dict:
@@ -2376,7 +2497,7 @@ class TestCoreTraps(TestCoreCase):
         path, _ = self.make_file("tampered.bin", 11 * MiB, seed=63)
         client = self.client(multipart_threshold=6 * MiB, max_workers=1)
         with self.assertRaises(fileslink.TransferError) as caught:
-            self.core_upload_within(10, client, path, self.fake.folder_id)
+            self.bounded(lambda: client.upload(path, self.fake.folder_id), 10)
         self.assertEqual((caught.exception.status, caught.exception.part), (403, 1))
         self.assertIn("SignatureDoesNotMatch", str(caught.exception))
         self.assertNotIn("X-Amz-Signature", str(caught.exception))   # no signature in messages
@@ -2387,10 +2508,10 @@ class TestCoreTraps(TestCoreCase):
         client = self.client(retry=fileslink.Retry(attempts=1))
         client.upload(b"first", self.fake.folder_id, name="first.txt")
         self.assertGreaterEqual(self.fake.close_idle_connections(), 1)
-        mark = self.core_mark()
+        mark = self.mark()
         result = client.upload(b"second", self.fake.folder_id, name="second.txt")
-        self.core_assert_stored(result, b"second")
-        self.assertEqual([r.status for r in self.core_since(mark)], [200, 200, 200])
+        self.assert_stored(result, b"second")
+        self.assertEqual([r.status for r in self.since(mark)], [200, 200, 200])
 
     def test_kept_alive_connection_that_fails_on_the_next_request_is_retried_for_free(self) -> None:
         # The race that no check before reuse can close: the server drops a
@@ -2400,37 +2521,37 @@ class TestCoreTraps(TestCoreCase):
         # timeout: a retry that re-sends the headers but not the body stalls.
         client = self.client(retry=fileslink.Retry(attempts=1), timeout=2)
         client.upload(b"first", self.fake.folder_id, name="first.txt")   # connections now kept
-        self.fake.inject("api", reset_after=0, path_contains=self.core_presign_path())
+        self.fake.inject("api", reset_after=0, path_contains=self.presign_path())
         self.fake.inject("storage", reset_after=0)
-        mark = self.core_mark()
+        mark = self.mark()
         result = client.upload(b"second", self.fake.folder_id, name="second.txt")
-        self.core_assert_stored(result, b"second")
-        self.assertEqual([r.status for r in self.core_presigns(mark)], [0, 200])
-        self.assertEqual([r.status for r in self.core_puts(mark)], [0, 200])
+        self.assert_stored(result, b"second")
+        self.assertEqual([r.status for r in self.presigns(mark)], [0, 200])
+        self.assertEqual([r.status for r in self.puts(mark)], [0, 200])
 
     def test_the_free_retry_is_once_and_only_for_a_reused_connection(self) -> None:
         with self.subTest("a fresh connection reset spends the only try"):
             client = self.client(retry=fileslink.Retry(attempts=1))
-            self.fake.inject("api", reset_after=0, path_contains=self.core_presign_path())
-            mark = self.core_mark()
+            self.fake.inject("api", reset_after=0, path_contains=self.presign_path())
+            mark = self.mark()
             with self.assertRaises(fileslink.APIError):
                 client.upload(b"x", self.fake.folder_id, name="x.txt")
-            self.assertEqual(len(self.core_presigns(mark)), 1)
+            self.assertEqual(len(self.presigns(mark)), 1)
         with self.subTest("a reused connection is replaced once, not twice"):
             client = self.client(retry=fileslink.Retry(attempts=1))
             client.upload(b"first", self.fake.folder_id, name="first.txt")
-            self.fake.inject("api", reset_after=0, times=2, path_contains=self.core_presign_path())
-            mark = self.core_mark()
+            self.fake.inject("api", reset_after=0, times=2, path_contains=self.presign_path())
+            mark = self.mark()
             with self.assertRaises(fileslink.APIError):
                 client.upload(b"y", self.fake.folder_id, name="y.txt")
-            self.assertEqual(len(self.core_presigns(mark)), 2)
+            self.assertEqual(len(self.presigns(mark)), 2)
 
 
 # ---------------------------------------------------------------------------
 # 9. Typed errors for bad input
 # ---------------------------------------------------------------------------
 
-class TestCoreErrors(TestCoreCase):
+class TestCoreErrors(FakeTestCase):
 
     def test_missing_file_raises_file_not_found_before_any_call(self) -> None:
         with self.assertRaises(FileNotFoundError):
@@ -2474,27 +2595,27 @@ class TestCoreErrors(TestCoreCase):
         self.assertEqual(caught.exception.status, 502)
         self.assertTrue(caught.exception.body.startswith("<!DOCTYPE html>"))
         self.assertIn("502", str(caught.exception))
-        self.assertEqual(len(self.core_presigns()), 3)
+        self.assertEqual(len(self.presigns()), 3)
 
     def test_truncated_json_is_a_protocol_error(self) -> None:
         self.fake.inject("api", status=200, body='{"success": true, "urls": [{"id": "ab',
-                         path_contains=self.core_presign_path())
+                         path_contains=self.presign_path())
         with self.assertRaises(fileslink.ProtocolError):
             self.client().upload(b"x", self.fake.folder_id, name="x.bin")
-        self.assertEqual(self.core_puts(), [])
+        self.assertEqual(self.puts(), [])
 
     def test_success_false_with_200_is_an_api_error_with_the_servers_message(self) -> None:
-        self.fake.inject("api", status=200, path_contains=self.core_presign_path(),
+        self.fake.inject("api", status=200, path_contains=self.presign_path(),
                          body={"success": False, "message": "Storage limit exceeded"})
         with self.assertRaises(fileslink.APIError) as caught:
             self.client().upload(b"x", self.fake.folder_id, name="x.bin")
         self.assertEqual(caught.exception.status, 200)
         self.assertEqual(caught.exception.message, "Storage limit exceeded")
         self.assertIn("Storage limit exceeded", str(caught.exception))
-        self.assertEqual(self.core_puts(), [])
+        self.assertEqual(self.puts(), [])
 
     def test_redirect_on_the_api_is_an_api_error_and_not_followed(self) -> None:
-        self.fake.inject("api", status=302, path_contains=self.core_presign_path(),
+        self.fake.inject("api", status=302, path_contains=self.presign_path(),
                          headers={"Location": self.fake.storage_url + "/elsewhere"})
         with self.assertRaises(fileslink.APIError) as caught:
             self.client().upload(b"x", self.fake.folder_id, name="x.bin")
@@ -2505,17 +2626,17 @@ class TestCoreErrors(TestCoreCase):
         for label, url in (("ftp", "ftp://127.0.0.1/x"), ("no host", "http:///x"),
                            ("a file path", "/etc/passwd")):
             with self.subTest(label):
-                self.fake.inject("api", path_contains=self.core_presign_path(),
+                self.fake.inject("api", path_contains=self.presign_path(),
                                  body={"success": True,
                                        "urls": [{"id": "f", "url": url, "s3Key": "k"}]})
                 with self.assertRaises(fileslink.ProtocolError):
                     self.client().upload(b"x", self.fake.folder_id, name="x.bin")
-        self.assertEqual(self.core_puts(), [])
-        self.assertEqual(self.core_confirms(), [])
+        self.assertEqual(self.puts(), [])
+        self.assertEqual(self.confirms(), [])
 
     def test_a_huge_error_body_is_read_only_up_to_its_cap(self) -> None:
         huge = json.dumps({"success": False, "message": "bad", "pad": "x" * (2 * MiB)})
-        self.fake.inject("api", status=400, body=huge, path_contains=self.core_presign_path())
+        self.fake.inject("api", status=400, body=huge, path_contains=self.presign_path())
         with self.assertRaises(fileslink.APIError) as caught:
             self.client().upload(b"x", self.fake.folder_id, name="x.bin")
         self.assertEqual(caught.exception.status, 400)
@@ -2527,9 +2648,9 @@ class TestCoreErrors(TestCoreCase):
 # 10. The seed's three-call flow and fileslink send the same API calls
 # ---------------------------------------------------------------------------
 
-class TestCoreSeedFlow(TestCoreCase):
+class TestCoreSeedFlow(FakeTestCase):
 
-    def _core_seed_upload(self, path: str) -> str:
+    def _seed_upload(self, path: str) -> str:
         """The blog post's 20-line `requests` snippet, rewritten with urllib."""
         api_key, folder_id, base = self.fake.api_key, self.fake.folder_id, self.fake.base_url
         opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -2554,19 +2675,18 @@ class TestCoreSeedFlow(TestCoreCase):
 
     def test_fileslink_sends_the_seed_snippets_calls_in_the_same_order(self) -> None:
         path, data = self.make_file("report.pdf", 4000, seed=71)
-        self._core_seed_upload(path)
+        self._seed_upload(path)
         seed_log = list(self.fake.log)
-        os.environ.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_FOLDER=self.fake.folder_id,
-                          FILESLINK_BASE_URL=self.fake.base_url)
+        self.set_env(key=True, folder=True)
         result = fileslink.upload(path)
         ours = list(self.fake.log)[len(seed_log):]
-        self.core_assert_stored(result, data)
+        self.assert_stored(result, data)
 
         def shape(log: List[Any]) -> List[Tuple[str, str, str]]:
             return [(r.plane, r.method, r.path if r.plane == "api" else "<presigned>") for r in log]
 
         self.assertEqual(shape(ours), shape(seed_log))
-        self.assertEqual(shape(ours), [("api", "POST", self.core_presign_path()),
+        self.assertEqual(shape(ours), [("api", "POST", self.presign_path()),
                                        ("storage", "PUT", "<presigned>"),
                                        ("api", "POST", "/v1/files/confirm-upload")])
         for theirs, mine in zip(seed_log, ours):
@@ -2587,7 +2707,7 @@ class TestCoreSeedFlow(TestCoreCase):
 # 11. The rest of the API; 12. the module-level upload()
 # ---------------------------------------------------------------------------
 
-class TestCoreApi(TestCoreCase):
+class TestCoreApi(FakeTestCase):
 
     def test_file_methods_read_list_sign_link_and_delete(self) -> None:
         client = self.client()
@@ -2597,10 +2717,10 @@ class TestCoreApi(TestCoreCase):
         self.assertEqual((record["id"], record["fileName"], record["fileSize"], record["uploaded"]),
                          (uploaded.id, "thin.txt", 2048, True))
         self.assertEqual([f["id"] for f in client.list_files(self.fake.folder_id)], [uploaded.id])
-        self.assertEqual(self.core_get(client.signed_url(uploaded.id)), data)
+        self.assertEqual(_http(client.signed_url(uploaded.id))[::2], (200, data))
         url = client.create_link(uploaded.id)
         self.assertEqual(url, self.fake.base_url + "/v1/p/" + self.fake.files[uploaded.id].link)
-        self.assertEqual(self.core_get(url), data)
+        self.assertEqual(_http(url)[::2], (200, data))
         client.delete_file(uploaded.id)
         self.assertNotIn(uploaded.id, self.fake.files)
         with self.assertRaises(fileslink.APIError) as caught:
@@ -2613,7 +2733,7 @@ class TestCoreApi(TestCoreCase):
             with self.subTest(label):
                 data = pseudo_random_bytes(size, seed=size)
                 result = client.upload(data, self.fake.folder_id, name="l.bin", link=True)
-                self.core_assert_stored(result, data)
+                self.assert_stored(result, data)
                 link = self.fake.files[result.id].link
                 self.assertIsNotNone(link)
                 self.assertEqual(result.url, self.fake.base_url + "/v1/p/" + link)
@@ -2654,21 +2774,19 @@ class TestCoreApi(TestCoreCase):
         self.assertEqual(self.fake.files[result.id].folder_id, folder_id)
 
 
-class TestCoreModuleUpload(TestCoreCase):
+class TestCoreModuleUpload(FakeTestCase):
 
     def test_module_upload_is_configured_from_the_environment(self) -> None:
         path, data = self.make_file("env.csv", 1234, seed=91)
-        os.environ.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_FOLDER=self.fake.folder_id,
-                          FILESLINK_BASE_URL=self.fake.base_url)
+        self.set_env(key=True, folder=True)
         result = fileslink.upload(path)
-        self.core_assert_stored(result, data)
+        self.assert_stored(result, data)
         self.assertEqual((result.name, result.mime_type), ("env.csv", "text/csv"))
         self.assertEqual(self.fake.files[result.id].folder_id, self.fake.folder_id)
 
     def test_module_upload_takes_an_explicit_folder_over_the_environment(self) -> None:
         other = self.client().create_folder("Other", self.fake.project_id)
-        os.environ.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_FOLDER=self.fake.folder_id,
-                          FILESLINK_BASE_URL=self.fake.base_url)
+        self.set_env(key=True, folder=True)
         result = fileslink.upload(b"elsewhere", other, name="e.txt")
         self.assertEqual(self.fake.files[result.id].folder_id, other)
 
@@ -2682,66 +2800,14 @@ class TestCoreModuleUpload(TestCoreCase):
 
 
 class TestCliCase(FakeTestCase):
-    """A FakeTestCase with FILESLINK_KEY and FILESLINK_BASE_URL set, and ways
-    to run the CLI in this process or in a child process."""
+    """A FakeTestCase with FILESLINK_KEY and FILESLINK_BASE_URL set."""
 
     #: The keys of UploadedFile.to_dict(), i.e. of each --json line.
     JSON_KEYS = frozenset(("id", "name", "size", "s3Key", "mimeType", "multipart", "url"))
 
     def setUp(self) -> None:
         super().setUp()
-        os.environ["FILESLINK_KEY"] = self.fake.api_key
-        os.environ["FILESLINK_BASE_URL"] = self.fake.base_url
-
-    @property
-    def repo(self) -> str:
-        return os.path.dirname(os.path.abspath(fileslink.__file__))
-
-    def cli(self, *argv: str, stdin: Optional[Any] = None) -> Tuple[int, str, str]:
-        """fileslink.main(argv) with stdout and stderr captured: (code, out, err)."""
-        out, err = io.StringIO(), io.StringIO()
-        saved = sys.stdin
-        if stdin is not None:
-            sys.stdin = stdin
-        try:
-            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                code = fileslink.main(list(argv))
-        finally:
-            sys.stdin = saved
-        return code, out.getvalue(), err.getvalue()
-
-    def child_env(self, **extra: str) -> Dict[str, str]:
-        env = dict(os.environ)
-        env.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.fake.base_url,
-                   FILESLINK_FOLDER=self.fake.folder_id, PYTHONDONTWRITEBYTECODE="1")
-        env.pop("PYTHONPATH", None)   # the child imports fileslink.py from the repo (its cwd)
-        env.update(extra)
-        return env
-
-    def run_child(self, *args: str, input: Optional[bytes] = None,
-                  env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None,
-                  timeout: float = 20) -> "subprocess.CompletedProcess[bytes]":
-        return subprocess.run([sys.executable] + list(args), input=input,
-                              stdin=None if input is not None else subprocess.DEVNULL,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              env=env or self.child_env(), cwd=cwd or self.repo, timeout=timeout)
-
-    def uploaded(self) -> Dict[str, bytes]:
-        """name -> bytes of every file the fake holds as uploaded."""
-        return {f.name: f.data for f in self.fake.files.values() if f.uploaded and f.data is not None}
-
-    def json_lines(self, out: str) -> List[Dict[str, Any]]:
-        return [json.loads(line) for line in out.splitlines() if line.strip()]
-
-    def get(self, url: str) -> Tuple[int, bytes]:
-        parts = urlsplit(url)
-        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
-        try:
-            conn.request("GET", parts.path)
-            resp = conn.getresponse()
-            return resp.status, resp.read()
-        finally:
-            conn.close()
+        self.set_env(key=True)
 
 
 class TestEnvPipe:
@@ -3018,7 +3084,7 @@ class TestCliUpload(TestCliCase):
         name, arrow, url = out.strip().partition(" -> ")
         self.assertEqual((name, arrow), ("shared.txt", " -> "))
         self.assertTrue(url.startswith(self.fake.base_url + "/v1/p/"), url)
-        self.assertEqual(self.get(url), (200, data))
+        self.assertEqual(_http(url)[::2], (200, data))
 
     def test_quiet_prints_nothing_on_stderr_and_the_default_prints_a_summary(self) -> None:
         paths = [self.make_file("q%d.txt" % i, 1000 + i)[0] for i in range(3)]
@@ -3198,7 +3264,7 @@ class TestCliCommands(TestCliCase):
     def test_link_prints_a_public_url_that_serves_the_file(self) -> None:
         code, out, err = self.cli("link", self.ids[1])
         self.assertEqual(code, 0, err)
-        self.assertEqual(self.get(out.strip()), (200, pseudo_random_bytes(200, seed=1)))
+        self.assertEqual(_http(out.strip())[::2], (200, pseudo_random_bytes(200, seed=1)))
         code, out, err = self.cli("link", "no-such-id")
         self.assertEqual(code, 1)
         self.assertEqual(out, "")
@@ -3492,25 +3558,18 @@ class TestEnvCa(FakeTestCase):
         path = os.path.join(self.tmp, "c.bin")
         with open(path, "wb") as f:
             f.write(self.data)
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = fileslink.main(["upload", path, "--quiet", "--ca-bundle", self.ca, "--json",
-                                   "--folder", self.fake.folder_id])
-        self.assertEqual(code, 0, err.getvalue())
-        (record,) = [json.loads(line) for line in out.getvalue().splitlines()]
+        code, out, err = self.cli("upload", path, "--quiet", "--ca-bundle", self.ca, "--json",
+                                  "--folder", self.fake.folder_id)
+        self.assertEqual(code, 0, err)
+        (record,) = self.json_lines(out)
         self.assertEqual(self.fake.files[record["id"]].data, self.data)
 
     def test_ssl_cert_file_in_the_environment_is_honoured(self) -> None:
         code = ("import sys, fileslink; c = fileslink.Client(api_key=sys.argv[1], "
                 "base_url=sys.argv[2]); print(c.upload(sys.argv[3].encode(), sys.argv[4], "
                 "name='e.txt').id)")
-        env = dict(os.environ, SSL_CERT_FILE=self.ca, PYTHONDONTWRITEBYTECODE="1")
-        env.pop("PYTHONPATH", None)
-        repo = os.path.dirname(os.path.abspath(fileslink.__file__))
-        child = subprocess.run([sys.executable, "-c", code, self.fake.api_key, self.base_url,
-                                "via SSL_CERT_FILE", self.fake.folder_id],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, env=env, cwd=repo, timeout=20)
+        child = self.run_child("-c", code, self.fake.api_key, self.base_url, "via SSL_CERT_FILE",
+                               self.fake.folder_id, env=self.child_env(SSL_CERT_FILE=self.ca))
         self.assertEqual(child.returncode, 0, child.stderr)
         file_id = child.stdout.decode().strip()
         self.assertEqual(self.fake.files[file_id].data, b"via SSL_CERT_FILE")
@@ -3649,10 +3708,8 @@ class TestEnvVendoring(FakeTestCase):
             "print(sorted(m for m, mod in sys.modules.items()",
             "             if 'site-packages' in (getattr(mod, '__file__', None) or '')))",
         ])
-        child = subprocess.run([sys.executable, "-I", "-S", "-c", code, vendor, self.fake.api_key,
-                                self.fake.base_url, self.fake.folder_id],
-                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, cwd=vendor, timeout=20)
+        child = self.run_child("-I", "-S", "-c", code, vendor, self.fake.api_key,
+                               self.fake.base_url, self.fake.folder_id, cwd=vendor)
         self.assertEqual(child.returncode, 0, child.stderr)
         file_id, third_party = child.stdout.decode().splitlines()
         self.assertEqual(self.fake.files[file_id].data, b"vendored bytes")
@@ -3766,11 +3823,8 @@ class TestReadme(FakeTestCase):
                 self._run(["bash"], script, "README block %d" % number)
 
 
-def _reliab_fast_retry(attempts: int = 3) -> "fileslink.Retry":
-    return fileslink.Retry(attempts=attempts, backoff=0.01, max_backoff=0.05)
 
-
-def _reliab_results(call: Callable[[], List[Any]]) -> List[Any]:
+def _results(call: Callable[[], List[Any]]) -> List[Any]:
     """upload_many's per-source outcomes, whether it returned or raised UploadManyError."""
     try:
         return list(call())
@@ -3778,7 +3832,7 @@ def _reliab_results(call: Callable[[], List[Any]]) -> List[Any]:
         return list(e.results)
 
 
-def _reliab_exception_text(exc: BaseException) -> str:
+def _exception_text(exc: BaseException) -> str:
     """Everything a user could see of an exception: the full traceback with its
     chain (str of each link), repr, args and the APIError fields."""
     texts = ["".join(traceback.format_exception(type(exc), exc, exc.__traceback__))]
@@ -3793,106 +3847,11 @@ def _reliab_exception_text(exc: BaseException) -> str:
     return "\n".join(texts)
 
 
-def _reliab_join_workers(test: unittest.TestCase) -> None:
-    """Wait for fileslink's worker threads to end (after a cancelled upload
-    the pool is shut down without waiting): a test must not leak threads."""
-    for t in threading.enumerate():
-        if t.name.startswith("fileslink") and t is not threading.current_thread():
-            # A Ctrl-C landing inside pool.submit() can leave a worker that is
-            # still starting ("limbo"); join() refuses those until they run.
-            started = getattr(t, "_started", None)
-            if started is not None:
-                started.wait(5)
-            t.join(5)
-            test.assertFalse(t.is_alive(), "worker thread %s still running" % t.name)
 
 
-def _reliab_bounded(test: unittest.TestCase, fn: Callable[[], Any], seconds: float = 10.0) -> Any:
-    """fn() run in a thread: its result, or its exception re-raised here. A call
-    still running after `seconds` has hung: the test fails, and the thread is
-    stopped (an asynchronous SystemExit raised in it, so that a spinning loop
-    does not burn a core for the rest of the suite)."""
-    box: Dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["result"] = fn()
-        except BaseException as e:
-            box["error"] = e
-
-    thread = threading.Thread(target=target, name="reliab-bounded", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        try:
-            import ctypes
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident),
-                                                       ctypes.py_object(SystemExit))
-        except (ImportError, AttributeError):
-            pass
-        thread.join(5)
-        test.fail("the call did not return within %.0f s: it hung" % seconds)
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
 
 
-def _reliab_recorder(test: unittest.TestCase) -> Tuple[str, List[Tuple[str, str, Dict[str, str]]]]:
-    """A second, tiny HTTP server on another port that records every request
-    (method, path, headers) and answers a JSON success. Stopped at cleanup."""
-    seen: List[Tuple[str, str, Dict[str, str]]] = []
-
-    class Recorder(http.server.BaseHTTPRequestHandler):
-        def _any(self) -> None:
-            seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
-            body = b'{"success": true, "urls": [], "data": []}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(body)
-
-        do_GET = do_POST = do_PUT = do_DELETE = _any
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                              name="reliab-recorder", daemon=True)
-    thread.start()
-
-    def stop() -> None:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-    test.addCleanup(stop)
-    return "http://127.0.0.1:%d" % server.server_address[1], seen
-
-
-def _reliab_listener(test: unittest.TestCase) -> Tuple[int, Callable[[], bool]]:
-    """A listening socket nobody answers on: (port, was_connected()).
-    Tells whether anything tried to connect to that port."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(5)
-    sock.setblocking(False)
-    test.addCleanup(sock.close)
-
-    def was_connected() -> bool:
-        try:
-            conn, _ = sock.accept()
-        except (BlockingIOError, socket.timeout):
-            return False
-        conn.close()
-        return True
-
-    return sock.getsockname()[1], was_connected
-
-
-def _reliab_closed_port() -> int:
+def _closed_port() -> int:
     """A loopback port with nothing listening (connection refused)."""
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
@@ -3901,9 +3860,6 @@ def _reliab_closed_port() -> int:
     return int(port)
 
 
-def _reliab_puts(fake: FakeFilesLink) -> List[Any]:
-    return [r for r in list(fake.log) if r.plane == "storage" and r.method == "PUT"]
-
 
 class TestReliabCase(FakeTestCase):
     """The base of this group: uploads go to the fake's folder by default
@@ -3911,7 +3867,7 @@ class TestReliabCase(FakeTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        os.environ["FILESLINK_FOLDER"] = self.fake.folder_id
+        self.set_env(folder=True)
 
 
 # ---------------------------------------------------------------------------
@@ -3961,7 +3917,7 @@ class TestReliabChaos(TestReliabCase):
             kind = i % 3
             singles.append((name, path(name, data) if kind == 0 else data, kind))
 
-        client = self.client(timeout=0.5, retry=_reliab_fast_retry(3), max_workers=4,
+        client = self.client(timeout=0.5, max_workers=4,
                              multipart_threshold=6 * MiB, batch_size=6)
         # Stalls just past the client's timeout; few, since each costs 0.5 s.
         self.fake.chaos(self.SEED, storage_rate=0.2, api_rate=0.1, delay=0.7)
@@ -3970,7 +3926,7 @@ class TestReliabChaos(TestReliabCase):
         for group in (group_a, group_b):
             names = [item[0] if isinstance(item, tuple) else os.path.basename(item)
                      for item in group]
-            for name, result in zip(names, _reliab_results(lambda g=group: client.upload_many(g))):
+            for name, result in zip(names, _results(lambda g=group: client.upload_many(g))):
                 outcomes[name] = result
         for name, source, kind in singles + [("big2.bin", bigs[2], 0)]:
             try:
@@ -4003,7 +3959,7 @@ class TestReliabChaos(TestReliabCase):
         # An initiate answered after the client's timeout leaves an upload the
         # client never heard of, holding no parts (PROTOCOL.md: it costs
         # nothing); such orphans are the service's to expire, not counted.
-        touched = {r.query.get("uploadId") for r in _reliab_puts(self.fake)}
+        touched = {r.query.get("uploadId") for r in self.puts()}
         left_open = [u.upload_id for u in self.fake.multipart.values()
                      if u.state == "open" and (u.parts or u.upload_id in touched)]
         faults = list(self.fake.faults_fired)
@@ -4023,7 +3979,7 @@ class TestReliabChaos(TestReliabCase):
         self.assertGreaterEqual(len(ok), len(outcomes) // 2, "retries should save most uploads")
         key = self.fake.api_key
         for name, e in failed.items():
-            self.assertNotIn(key, _reliab_exception_text(e), name)
+            self.assertNotIn(key, _exception_text(e), name)
 
 
 # ---------------------------------------------------------------------------
@@ -4036,7 +3992,7 @@ class TestReliabIntegrity(TestReliabCase):
         path, data = self.make_file("etag.bin", 300 * 1024, seed=1)
         self.fake.inject("storage", wrong_etag=True)
         f = self.client().upload(path)
-        self.assertEqual(len(_reliab_puts(self.fake)), 2)
+        self.assertEqual(len(self.puts()), 2)
         stored = self.fake.files[f.id]
         self.assertEqual((stored.uploaded, stored.data == data), (True, True))
 
@@ -4046,8 +4002,8 @@ class TestReliabIntegrity(TestReliabCase):
         with self.assertRaises(fileslink.TransferError) as cm:
             self.client().upload(path)
         self.assertIn("MD5", str(cm.exception))
-        self.assertEqual(len(_reliab_puts(self.fake)), 3)
-        self.assertEqual(self.fake.api_calls("confirm"), [])
+        self.assertEqual(len(self.puts()), 3)
+        self.assertEqual(self.confirms(), [])
         self.assertFalse(any(f.uploaded for f in self.fake.files.values()))
 
     def test_without_checksum_a_wrong_etag_is_accepted_the_documented_trade_off(self) -> None:
@@ -4056,7 +4012,7 @@ class TestReliabIntegrity(TestReliabCase):
         f = self.client(checksum=False).upload(path)
         # One PUT, no comparison: storage holds the damaged bytes, and the
         # client could not know. That is what checksum=False gives up.
-        self.assertEqual(len(_reliab_puts(self.fake)), 1)
+        self.assertEqual(len(self.puts()), 1)
         stored = self.fake.files[f.id]
         self.assertTrue(stored.uploaded)
         self.assertNotEqual(stored.data, data)
@@ -4066,7 +4022,7 @@ class TestReliabIntegrity(TestReliabCase):
         self.fake.inject("storage", wrong_etag=True)
         f = self.client(multipart_threshold=6 * MiB).upload(path)
         self.assertTrue(f.multipart)
-        self.assertEqual(len(_reliab_puts(self.fake)), 4)       # 3 parts, one sent twice
+        self.assertEqual(len(self.puts()), 4)       # 3 parts, one sent twice
         self.assertEqual(self.fake.files[f.id].data, data)
 
     def _grow_on_first_progress(self, path: str) -> Callable[[str, int, int], None]:
@@ -4087,7 +4043,7 @@ class TestReliabIntegrity(TestReliabCase):
         self.assertIsInstance(cm.exception, fileslink.TransferError)
         self.assertIn("log.txt", str(cm.exception))
         self.assertIn("changed", str(cm.exception))
-        self.assertEqual(self.fake.api_calls("confirm"), [])
+        self.assertEqual(self.confirms(), [])
         self.assertFalse(any(f.uploaded for f in self.fake.files.values()))
 
     def test_file_that_grows_during_a_multipart_upload_is_aborted_not_completed(self) -> None:
@@ -4096,7 +4052,7 @@ class TestReliabIntegrity(TestReliabCase):
         with self.assertRaises(fileslink.SourceChangedError):
             client.upload(path, progress=self._grow_on_first_progress(path))
         self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
-        self.assertEqual(self.fake.api_calls("complete"), [])
+        self.assertEqual(self.fake.api_calls("/multipart/complete"), [])
         self.assertFalse(any(f.uploaded for f in self.fake.files.values()))
 
     def test_file_that_grows_in_upload_many_fails_alone(self) -> None:
@@ -4189,19 +4145,19 @@ class TestReliabRetryAfter(TestReliabCase):
 class TestReliabStalls(TestReliabCase):
 
     def test_a_put_stalled_for_good_fails_in_bounded_time(self) -> None:
-        self.fake.inject("storage", delay=10, times=2)
-        client = self.client(timeout=0.5, retry=_reliab_fast_retry(2))
+        self.fake.inject("storage", delay=10, times=3)
+        client = self.client(timeout=0.5)
         started = time.monotonic()
         with self.assertRaises(fileslink.TransferError) as cm:
             client.upload(b"x" * 1000, name="slow.bin")
         self.assertLess(time.monotonic() - started, 3)
         self.assertIn("timed out", str(cm.exception))
-        self.assertEqual(len(_reliab_puts(self.fake)), 2)
-        self.assertEqual(self.fake.api_calls("confirm"), [])
+        self.assertEqual(len(self.puts()), 3)
+        self.assertEqual(self.confirms(), [])
 
     def test_an_api_call_stalled_for_good_fails_in_bounded_time(self) -> None:
-        self.fake.inject("api", delay=10, times=2)
-        client = self.client(timeout=0.5, retry=_reliab_fast_retry(2))
+        self.fake.inject("api", delay=10, times=3)
+        client = self.client(timeout=0.5)
         started = time.monotonic()
         with self.assertRaises(fileslink.APIError) as cm:
             client.upload(b"x" * 1000, name="slow.bin")
@@ -4212,16 +4168,16 @@ class TestReliabStalls(TestReliabCase):
         path, data = self.make_file("stall.bin", 2 * MiB, seed=7)
         self.fake.inject("storage", delay=1.5)
         started = time.monotonic()
-        f = self.client(timeout=0.5, retry=_reliab_fast_retry(2)).upload(path)
+        f = self.client(timeout=0.5).upload(path)
         self.assertLess(time.monotonic() - started, 1.5)
-        self.assertEqual(len(_reliab_puts(self.fake)), 2)
+        self.assertEqual(len(self.puts()), 2)
         self.assertEqual(self.fake.files[f.id].data, data)
 
     def test_an_expired_url_is_presigned_again_and_the_upload_succeeds(self) -> None:
         path, data = self.make_file("late.bin", 5000, seed=8)
         self.fake.inject("storage", expire=True)
         f = self.client().upload(path)
-        self.assertEqual(len(self.fake.api_calls("/v1/files/" + self.fake.folder_id)), 2)
+        self.assertEqual(len(self.presigns()), 2)
         self.assertEqual(self.fake.files[f.id].data, data)
         self.assertEqual([x.uploaded for x in self.fake.files.values()], [False, True])
 
@@ -4231,33 +4187,25 @@ class TestReliabStalls(TestReliabCase):
             self.client().upload(b"x" * 100, name="late.bin")
         self.assertIn("expir", str(cm.exception))
         self.assertEqual(cm.exception.status, 403)
-        self.assertEqual(len(self.fake.api_calls("/v1/files/" + self.fake.folder_id)), 3)
-        self.assertEqual(self.fake.api_calls("confirm"), [])
+        self.assertEqual(len(self.presigns()), 3)
+        self.assertEqual(self.confirms(), [])
 
-
-def _reliab_cli(argv: List[str]) -> Tuple[int, str, str]:
-    """fileslink.main(argv) with stdout and stderr captured: (status, out, err)."""
-    import contextlib
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = fileslink.main(argv)
-    return code, out.getvalue(), err.getvalue()
 
 
 # ---------------------------------------------------------------------------
 # Multipart with small parts: abort, cancel, stopping the workers
 # ---------------------------------------------------------------------------
 
-_RELIAB_PART = 64 * 1024
+_TINY_PART = 64 * 1024
 
 
 class TestReliabAbort(TestReliabCase):
     """A fake that takes 64 KiB parts, so a 2 MiB file is 32 parts: cheap."""
 
-    fake_options = {"min_part_size": _RELIAB_PART, "part_size": _RELIAB_PART}
+    fake_options = {"min_part_size": _TINY_PART, "part_size": _TINY_PART}
 
     def client(self, **kw: Any) -> "fileslink.Client":
-        kw.setdefault("multipart_threshold", 4 * _RELIAB_PART)
+        kw.setdefault("multipart_threshold", 4 * _TINY_PART)
         return super().client(**kw)
 
     def test_a_part_failing_for_good_never_stalls_the_run(self) -> None:
@@ -4265,28 +4213,28 @@ class TestReliabAbort(TestReliabCase):
         # counted out of the queue, and the coordinator could spin forever
         # (in about one run in four). Several rounds, each bounded in time.
         client = self.client(max_workers=2)
-        data = bytes(32 * _RELIAB_PART)
+        data = bytes(32 * _TINY_PART)
         for i in range(30):
             name = "stall%02d.bin" % i
             self.fake.inject("storage", status=400, path_contains="/" + name)
             with self.assertRaises(fileslink.TransferError):
-                _reliab_bounded(self, lambda n=name: client.upload(data, name=n), 5)
+                self.bounded(lambda n=name: client.upload(data, name=n), 5)
         self.assertEqual({u.state for u in self.fake.multipart.values()}, {"aborted"})
-        _reliab_join_workers(self)
+        self.join_workers()
 
     def test_an_expired_part_url_aborts_the_multipart_upload(self) -> None:
-        path, _ = self.make_file("parts.bin", 8 * _RELIAB_PART, seed=10)
+        path, _ = self.make_file("parts.bin", 8 * _TINY_PART, seed=10)
         self.fake.inject("storage", expire=True)
         with self.assertRaises(fileslink.TransferError) as cm:
             self.client(max_workers=2).upload(path)
         self.assertEqual(cm.exception.status, 403)
         self.assertIn("expired", str(cm.exception))
         self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
-        self.assertEqual(self.fake.api_calls("complete"), [])
-        _reliab_join_workers(self)
+        self.assertEqual(self.fake.api_calls("/multipart/complete"), [])
+        self.join_workers()
 
     def test_system_exit_during_a_multipart_upload_aborts_it(self) -> None:
-        path, _ = self.make_file("parts.bin", 32 * _RELIAB_PART, seed=11)
+        path, _ = self.make_file("parts.bin", 32 * _TINY_PART, seed=11)
         # One part hangs (the client's timeout is 5 s), so the multipart upload
         # is still running when the small file's on_file raises SystemExit.
         self.fake.inject("storage", delay=5, path_contains="parts.bin")
@@ -4305,21 +4253,21 @@ class TestReliabAbort(TestReliabCase):
         self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
         upload = next(iter(self.fake.multipart.values()))
         self.assertFalse(self.fake.files[upload.file_id].uploaded)
-        _reliab_join_workers(self)
+        self.join_workers()
 
-    def reliab_stalled_multipart_file(self, seed: int) -> str:
+    def stalled_multipart_file(self, seed: int) -> str:
         """A multipart-sized file whose parts stall on the fake, for a real SIGINT
         to the main thread; skips where the main thread cannot get one."""
         if threading.current_thread() is not threading.main_thread():
             self.skipTest("signals go to the main thread")
         if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
             self.skipTest("SIGINT is handled by the test runner (unittest -c?)")
-        path, _ = self.make_file("parts.bin", 32 * _RELIAB_PART, seed=seed)
+        path, _ = self.make_file("parts.bin", 32 * _TINY_PART, seed=seed)
         self.fake.inject("storage", delay=5)         # the upload cannot end by itself
         return path
 
     def test_ctrl_c_during_a_multipart_upload_aborts_it_within_two_seconds(self) -> None:
-        path = self.reliab_stalled_multipart_file(seed=12)
+        path = self.stalled_multipart_file(seed=12)
         sent: List[float] = []
 
         def progress(name: str, done: int, total: int) -> None:
@@ -4331,12 +4279,12 @@ class TestReliabAbort(TestReliabCase):
             self.client(max_workers=4).upload(path, progress=progress)
         self.assertLess(time.monotonic() - sent[0], 2)
         self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
-        self.assertEqual(self.fake.api_calls("complete"), [])
-        _reliab_join_workers(self)
+        self.assertEqual(self.fake.api_calls("/multipart/complete"), [])
+        self.join_workers()
 
     def test_ctrl_c_in_the_cli_aborts_prints_one_line_and_exits_130(self) -> None:
-        path = self.reliab_stalled_multipart_file(seed=13)
-        os.environ.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.fake.base_url)
+        path = self.stalled_multipart_file(seed=13)
+        self.set_env(key=True)
         sent: List[float] = []
 
         def on_request(req: Any) -> None:            # the fake's hook: the first part is in
@@ -4345,12 +4293,12 @@ class TestReliabAbort(TestReliabCase):
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
         self.fake.on_request = on_request
-        code, out, err = _reliab_cli(["upload", path, "--threshold", "256K", "--workers", "4"])
+        code, out, err = self.cli("upload", path, "--threshold", "256K", "--workers", "4")
         self.assertLess(time.monotonic() - sent[0], 2)
         self.assertEqual(code, 130)
         self.assertEqual(out, "")
         self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
-        _reliab_join_workers(self)
+        self.join_workers()
         # One line, and no "N files, ... in X s" summary as if the run had ended.
         lines = [line for line in err.splitlines() if line.strip()]
         self.assertEqual(len(lines), 1, err)
@@ -4362,22 +4310,22 @@ class TestReliabPartFailure(TestReliabCase):
     long before the other worker could send many more parts (without the
     latency, a thread starved by a busy machine makes the count flaky)."""
 
-    fake_options = {"min_part_size": _RELIAB_PART, "part_size": _RELIAB_PART, "latency": 0.02}
+    fake_options = {"min_part_size": _TINY_PART, "part_size": _TINY_PART, "latency": 0.02}
 
     def test_workers_stop_taking_parts_once_one_fails_for_good(self) -> None:
-        path, _ = self.make_file("parts.bin", 32 * _RELIAB_PART, seed=9)
+        path, _ = self.make_file("parts.bin", 32 * _TINY_PART, seed=9)
         self.fake.inject("storage", status=400)       # not retryable: fails for good
-        client = self.client(max_workers=2, multipart_threshold=4 * _RELIAB_PART)
+        client = self.client(max_workers=2, multipart_threshold=4 * _TINY_PART)
         with self.assertRaises(fileslink.TransferError) as cm:
-            _reliab_bounded(self, lambda: client.upload(path))
+            self.bounded(lambda: client.upload(path))
         self.assertEqual(cm.exception.status, 400)
         self.assertIsNotNone(cm.exception.part)
-        puts = len(_reliab_puts(self.fake))
+        puts = len(self.puts())
         # What was running or queued when the failure was seen (2 workers,
         # one task queued behind each), not the 32 parts.
         self.assertLessEqual(puts, 8, "%d PUTs: parts kept going after one failed for good" % puts)
         self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
-        _reliab_join_workers(self)
+        self.join_workers()
 
 
 # ---------------------------------------------------------------------------
@@ -4426,7 +4374,7 @@ class TestReliabUploadMany(TestReliabCase):
 class TestReliabSecurity(TestReliabCase):
 
     def test_api_redirects_are_not_followed_so_the_key_stays_home(self) -> None:
-        recorder, seen = _reliab_recorder(self)
+        recorder, seen = self.recorder()
         client = self.client()
         for status in (301, 302, 303, 307, 308):
             with self.subTest(status=status):
@@ -4467,7 +4415,7 @@ class TestReliabSecurity(TestReliabCase):
         # The fake's presign answer is replaced by a scripted one (inject with
         # status 200 and a JSON body): the URL reaches the client exactly as a
         # hostile or broken service would send it, through a real socket.
-        port, was_connected = _reliab_listener(self)
+        port, was_connected = self.listener()
         client = self.client()
         presign = "/v1/files/" + self.fake.folder_id
         for label, url in self._bad_urls(port):
@@ -4484,7 +4432,7 @@ class TestReliabSecurity(TestReliabCase):
                 self.assertFalse(os.path.exists(os.path.join(self.tmp, "never-created")))
 
     def test_part_url_that_is_not_http_with_a_host_is_refused_before_any_io(self) -> None:
-        port, was_connected = _reliab_listener(self)
+        port, was_connected = self.listener()
         path, _ = self.make_file("big.bin", 11 * MiB, seed=14)
         client = self.client(multipart_threshold=6 * MiB)
         for label, url in self._bad_urls(port):
@@ -4495,7 +4443,7 @@ class TestReliabSecurity(TestReliabCase):
                 self.fake.initiate_transform = transform
                 with self.assertRaises(fileslink.ProtocolError):
                     client.upload(path)
-                self.assertEqual(_reliab_puts(self.fake), [])
+                self.assertEqual(self.puts(), [])
                 self.assertFalse(was_connected())
 
     def test_refused_part_url_does_not_leave_the_multipart_upload_open(self) -> None:
@@ -4566,38 +4514,37 @@ class TestReliabSecurity(TestReliabCase):
                 arrange()
                 with self.assertRaises(cls) as cm:
                     client.upload(b"data", name="a.bin")
-                self.assertNotIn(key, _reliab_exception_text(cm.exception))
+                self.assertNotIn(key, _exception_text(cm.exception))
         with self.subTest("wrong key, 401"):
             wrong = "fl_live_wrong_key_0000"
             with self.assertRaises(fileslink.AuthError) as cm:
                 self.client(api_key=wrong).upload(b"data", name="a.bin")
-            self.assertNotIn(wrong, _reliab_exception_text(cm.exception))
+            self.assertNotIn(wrong, _exception_text(cm.exception))
         with self.subTest("connection refused"):
-            down = self.client(base_url="http://127.0.0.1:%d" % _reliab_closed_port(),
-                               retry=_reliab_fast_retry(2))
+            down = self.client(base_url="http://127.0.0.1:%d" % _closed_port())
             with self.assertRaises(fileslink.APIError) as cm:
                 down.upload(b"data", name="a.bin")
             self.assertIsNone(cm.exception.status)
-            self.assertNotIn(key, _reliab_exception_text(cm.exception))
+            self.assertNotIn(key, _exception_text(cm.exception))
         self.assertNotIn(key, repr(client))
         self.assertNotIn(key, str(client))
 
     def test_the_key_is_in_no_cli_output_even_at_debug_verbosity(self) -> None:
         key = self.fake.api_key
-        os.environ.update(FILESLINK_KEY=key, FILESLINK_BASE_URL=self.fake.base_url)
+        self.set_env(key=True)
         path, _ = self.make_file("a.txt", 1000)
         self.fake.inject("api", status=503, headers={"Retry-After": "0"})
         self.fake.inject("storage", status=500)
-        code, out, err = _reliab_cli(["upload", path, "-vv", "--json"])
+        code, out, err = self.cli("upload", path, "-vv", "--json")
         self.assertEqual(code, 0, err)
         self.assertIn("try 2", err)                   # -vv did log, retries included
         echo = {"success": False, "message": "Invalid API key: " + key}
         self.fake.inject("api", status=401, body=echo)
-        code2, out2, err2 = _reliab_cli(["upload", path, "-vv"])
+        code2, out2, err2 = self.cli("upload", path, "-vv")
         self.assertEqual(code2, 1)
         self.assertIn("401", err2)
         self.fake.inject("api", status=200, body=echo)
-        code3, out3, err3 = _reliab_cli(["ls", self.fake.folder_id, "-vv"])
+        code3, out3, err3 = self.cli("ls", self.fake.folder_id, "-vv")
         self.assertEqual(code3, 1)
         signatures = {r.query["X-Amz-Signature"] for r in self.fake.log
                       if "X-Amz-Signature" in r.query}
@@ -4631,7 +4578,7 @@ class TestReliabSecurity(TestReliabCase):
         self.fake.inject("storage", reset_after=10)
         self.fake.inject("storage", expire=True)
         client.upload(b"hello", name="hello.txt")
-        _reliab_results(lambda: client.upload_many(
+        _results(lambda: client.upload_many(
             [path, ("b.txt", b"b"), os.path.join(self.tmp, "missing")]))
         self.fake.inject("storage", status=500, times=3)
         with self.assertRaises(fileslink.TransferError) as cm:
@@ -4641,7 +4588,7 @@ class TestReliabSecurity(TestReliabCase):
         signatures = {r.query["X-Amz-Signature"] for r in self.fake.log
                       if r.plane == "storage" and "X-Amz-Signature" in r.query}
         self.assertGreater(len(signatures), 3)
-        for text in texts + [_reliab_exception_text(cm.exception)]:
+        for text in texts + [_exception_text(cm.exception)]:
             self.assertNotIn(self.fake.api_key, text)
             self.assertNotIn("X-Amz-", text)
             for sig in signatures:
@@ -4658,7 +4605,7 @@ class TestReliabSecurity(TestReliabCase):
         with self.assertRaises(fileslink.TransferError) as cm:
             self.client().upload(b"data", name="a.bin")
         self.assertEqual(cm.exception.status, 400)
-        self.assertNotIn("5ec2e7516a7c0ffee", _reliab_exception_text(cm.exception))
+        self.assertNotIn("5ec2e7516a7c0ffee", _exception_text(cm.exception))
 
     def test_a_huge_error_body_is_capped(self) -> None:
         self.fake.inject("api", status=400, body=b"E" * (10 * MiB))
@@ -4678,7 +4625,7 @@ class TestReliabSecurity(TestReliabCase):
                 with self.assertRaises(fileslink.ProtocolError) as cm:
                     self.client().upload(b"data", name="a.bin")
                 self.assertNotIn(etag, str(cm.exception))
-        self.assertEqual(self.fake.api_calls("confirm"), [])
+        self.assertEqual(self.confirms(), [])
 
     def test_a_name_with_control_characters_is_refused(self) -> None:
         for name in ("a\nb.txt", "a\rb.txt", "nul\x00.txt", "esc\x1b[31m.txt", "del\x7f.txt", ""):
@@ -4807,7 +4754,7 @@ class TestReliabBadInput(TestReliabCase):
                 with self.assertRaises(cls) as cm:
                     act()
                 self.assertIn(fragment, str(cm.exception))
-                self.assertNotIn(fake.api_key, _reliab_exception_text(cm.exception))
+                self.assertNotIn(fake.api_key, _exception_text(cm.exception))
                 if check is not None:
                     check(cm.exception)
                 if offline:
