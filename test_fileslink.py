@@ -2365,24 +2365,6 @@ class TestMultipartAbort(FolderInEnvCase):
         kw.setdefault("multipart_threshold", 4 * _TINY_PART)
         return super().client(**kw)
 
-    def test_multipart_upload_is_aborted_when_a_part_fails_for_good(self) -> None:
-        path, _ = self.make_file("doomed.bin", 6 * _TINY_PART, seed=41)   # 6 parts
-        self.fake.inject("storage", status=400)
-        client = self.client(max_workers=1)
-        with self.assertRaises(fileslink.TransferError) as caught:
-            self.bounded(lambda: client.upload(path, self.fake.folder_id), 10)
-        puts = self.puts()
-        self.assertEqual(caught.exception.status, 400)
-        self.assertEqual(caught.exception.part, int(puts[0].query["partNumber"]))
-        self.assertLess(len(puts), 6)                   # the other parts stopped
-        (up,) = self.fake.multipart.values()
-        self.assertEqual(up.state, "aborted")
-        self.assertFalse(self.fake.files[up.file_id].uploaded)
-        aborts = self.fake.api_calls("/multipart/abort")
-        self.assertEqual(len(aborts), 1)
-        self.assertEqual(aborts[0].json["uploadId"], up.upload_id)
-        self.assertEqual(self.fake.api_calls("/multipart/complete"), [])
-
     def test_part_that_fails_through_every_retry_ends_the_upload_with_its_number(self) -> None:
         path, _ = self.make_file("flaky.bin", 4 * _TINY_PART, seed=43)     # 4 parts
         self.fake.inject("storage", status=500, times=3)
@@ -2398,73 +2380,20 @@ class TestMultipartAbort(FolderInEnvCase):
         self.assertEqual(up.state, "aborted")
 
     def test_a_part_failing_while_others_wait_in_the_queue_still_ends_the_upload(self) -> None:
-        # Parts of 1 KiB (a fake option) so that many parts queue up cheaply; a
-        # queued part cancelled before it ran must not leave the coordinator
-        # waiting for a worker slot that never frees.
-        with FakeFilesLink(min_part_size=1, part_size=1024) as fake:
-            client = fileslink.Client(api_key=fake.api_key, base_url=fake.base_url, timeout=5,
-                                      retry=fileslink.Retry(attempts=2, backoff=0.01),
-                                      multipart_threshold=1024, max_workers=2)
-            self.addCleanup(client.close)
-            for i in range(20):
-                # Aimed at this file: a cancelled PUT of the last one may still reach the fake.
-                fake.inject("storage", status=400, path_contains="/q%d.bin" % i)
-                with self.assertRaises(fileslink.TransferError):
-                    self.bounded(lambda: client.upload(pseudo_random_bytes(8 * 1024, seed=i),
-                                                       fake.folder_id, name="q%d.bin" % i), 5)
-            self.assertEqual([up.state for up in fake.multipart.values()], ["aborted"] * 20)
-
-    def test_multipart_upload_is_aborted_on_keyboard_interrupt(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            self.skipTest("KeyboardInterrupt reaches the main thread only")
-        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-        self.addCleanup(signal.signal, signal.SIGINT, previous)
-        path, _ = self.make_file("interrupted.bin", 8 * MiB, seed=42)   # 8 parts
-        fired = threading.Event()
-
-        def progress(name: str, sent: int, total: int) -> None:
-            if not fired.is_set():            # called in a worker: interrupt the caller
-                fired.set()
-                _thread.interrupt_main()
-
-        client = self.client(multipart_threshold=MiB, max_workers=2)
-        before = set(threading.enumerate())
-        with self.assertRaises(KeyboardInterrupt):
-            client.upload(path, self.fake.folder_id, progress=progress)
-        self.assertTrue(fired.is_set())
-        (up,) = self.fake.multipart.values()
-        self.assertEqual(up.state, "aborted")
-        self.assertFalse(self.fake.files[up.file_id].uploaded)
-        self.assertEqual(self.fake.api_calls("/multipart/complete"), [])
-        # The workers stop promptly: none is left sending once the call returned.
-        for thread in set(threading.enumerate()) - before:
-            if thread.name.startswith("fileslink"):
-                thread.join(5)
-                self.assertFalse(thread.is_alive(), "worker %s still running" % thread.name)
-
-    def test_a_part_failing_for_good_never_stalls_the_run(self) -> None:
-        # Regression: a part cancelled before a worker took it was never
-        # counted out of the queue, and the coordinator could spin forever
-        # (in about one run in four). Several rounds, each bounded in time.
+        # Regression: a queued part cancelled before a worker took it was never
+        # counted out of the queue, and the coordinator could wait forever for
+        # a worker slot that never frees (in about one run in four). Several
+        # rounds of 32 parts on 2 workers, each bounded in time.
         client = self.client(max_workers=2)
         data = bytes(32 * _TINY_PART)
-        for i in range(30):
-            name = "stall%02d.bin" % i
+        rounds = 30
+        for i in range(rounds):
+            name = "q%02d.bin" % i
+            # Aimed at this file: a cancelled PUT of the last one may still reach the fake.
             self.fake.inject("storage", status=400, path_contains="/" + name)
             with self.assertRaises(fileslink.TransferError):
-                self.bounded(lambda n=name: client.upload(data, name=n), 5)
-        self.assertEqual({u.state for u in self.fake.multipart.values()}, {"aborted"})
-        self.join_workers()
-
-    def test_an_expired_part_url_aborts_the_multipart_upload(self) -> None:
-        path, _ = self.make_file("parts.bin", 8 * _TINY_PART, seed=10)
-        self.fake.inject("storage", expire=True)
-        with self.assertRaises(fileslink.TransferError) as cm:
-            self.client(max_workers=2).upload(path)
-        self.assertEqual(cm.exception.status, 403)
-        self.assertIn("expired", str(cm.exception))
-        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
-        self.assertEqual(self.fake.api_calls("/multipart/complete"), [])
+                self.bounded(lambda n=name: client.upload(data, name=n))
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"] * rounds)
         self.join_workers()
 
     def test_system_exit_during_a_multipart_upload_aborts_it(self) -> None:
@@ -2490,17 +2419,18 @@ class TestMultipartAbort(FolderInEnvCase):
         self.join_workers()
 
     def stalled_multipart_file(self, seed: int) -> str:
-        """A multipart-sized file whose parts stall on the fake, for a real SIGINT
-        to the main thread; skips where the main thread cannot get one."""
+        """A multipart-sized file whose first part stalls for 30 s on the fake,
+        so that the upload cannot end by itself; with SIGINT raising
+        KeyboardInterrupt in the main thread, which a real Ctrl-C then reaches."""
         if threading.current_thread() is not threading.main_thread():
             self.skipTest("signals go to the main thread")
-        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-            self.skipTest("SIGINT is handled by the test runner (unittest -c?)")
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.addCleanup(signal.signal, signal.SIGINT, previous)
         path, _ = self.make_file("parts.bin", 32 * _TINY_PART, seed=seed)
-        self.fake.inject("storage", delay=5)         # the upload cannot end by itself
+        self.fake.inject("storage", delay=30)        # stop() cuts it short at cleanup
         return path
 
-    def test_ctrl_c_during_a_multipart_upload_aborts_it_within_two_seconds(self) -> None:
+    def test_ctrl_c_during_a_multipart_upload_aborts_it_at_once(self) -> None:
         path = self.stalled_multipart_file(seed=12)
         sent: List[float] = []
 
@@ -2509,34 +2439,19 @@ class TestMultipartAbort(FolderInEnvCase):
                 sent.append(time.monotonic())
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
+        # The client's timeout is longer than the stall: only a cancel that
+        # shuts the stalled socket ends the upload before 30 s.
+        client = self.client(max_workers=4, timeout=60)
         with self.assertRaises(KeyboardInterrupt):
-            self.client(max_workers=4).upload(path, progress=progress)
-        self.assertLess(time.monotonic() - sent[0], 2)
-        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+            client.upload(path, progress=progress)
+        # Generous, for a busy machine: this takes milliseconds, and a client
+        # that waited for the stalled part would take 30 s.
+        self.assertLess(time.monotonic() - sent[0], 10)
+        (up,) = self.fake.multipart.values()
+        self.assertEqual(up.state, "aborted")
+        self.assertFalse(self.fake.files[up.file_id].uploaded)
         self.assertEqual(self.fake.api_calls("/multipart/complete"), [])
-        self.join_workers()
-
-    def test_ctrl_c_in_the_cli_aborts_prints_one_line_and_exits_130(self) -> None:
-        path = self.stalled_multipart_file(seed=13)
-        self.set_env(key=True)
-        sent: List[float] = []
-
-        def on_request(req: Any) -> None:            # the fake's hook: the first part is in
-            if req.plane == "storage" and not sent:
-                sent.append(time.monotonic())
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-        self.fake.on_request = on_request
-        code, out, err = self.cli("upload", path, "--threshold", "256K", "--workers", "4")
-        self.assertLess(time.monotonic() - sent[0], 2)
-        self.assertEqual(code, 130)
-        self.assertEqual(out, "")
-        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
-        self.join_workers()
-        # One line, and no "N files, ... in X s" summary as if the run had ended.
-        lines = [line for line in err.splitlines() if line.strip()]
-        self.assertEqual(len(lines), 1, err)
-        self.assertIn("interrupted", lines[0])
+        self.join_workers()                           # none is left sending
 
 
 class TestPartFailingForGood(FolderInEnvCase):
@@ -2546,19 +2461,26 @@ class TestPartFailingForGood(FolderInEnvCase):
 
     fake_options = {"min_part_size": _TINY_PART, "part_size": _TINY_PART, "latency": 0.02}
 
-    def test_workers_stop_taking_parts_once_one_fails_for_good(self) -> None:
+    def test_workers_stop_and_the_upload_is_aborted_once_a_part_fails_for_good(self) -> None:
         path, _ = self.make_file("parts.bin", 32 * _TINY_PART, seed=9)
         self.fake.inject("storage", status=400)       # not retryable: fails for good
         client = self.client(max_workers=2, multipart_threshold=4 * _TINY_PART)
         with self.assertRaises(fileslink.TransferError) as cm:
             self.bounded(lambda: client.upload(path))
+        puts = self.puts()
+        (refused,) = [p for p in puts if p.status == 400]
         self.assertEqual(cm.exception.status, 400)
-        self.assertIsNotNone(cm.exception.part)
-        puts = len(self.puts())
+        self.assertEqual(cm.exception.part, int(refused.query["partNumber"]))
         # What was running or queued when the failure was seen (2 workers,
         # one task queued behind each), not the 32 parts.
-        self.assertLessEqual(puts, 8, "%d PUTs: parts kept going after one failed for good" % puts)
-        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+        self.assertLessEqual(len(puts), 8,
+                             "%d PUTs: parts kept going after one failed for good" % len(puts))
+        (up,) = self.fake.multipart.values()
+        self.assertEqual(up.state, "aborted")
+        self.assertFalse(self.fake.files[up.file_id].uploaded)
+        self.assertEqual([a.json["uploadId"] for a in self.fake.api_calls("/multipart/abort")],
+                         [up.upload_id])                  # aborted once
+        self.assertEqual(self.fake.api_calls("/multipart/complete"), [])
         self.join_workers()
 
 
@@ -2740,25 +2662,6 @@ class TestRetry(FolderInEnvCase):
                 self.assertEqual(len(self.presigns(mark)), 1)
                 self.assertEqual(self.puts(mark), [])
 
-    def test_429_that_outlasts_the_retries_is_a_rate_limit_error(self) -> None:
-        self.fake.inject("api", status=429, headers={"Retry-After": "0"}, times=3,
-                         path_contains=self.presign_path())
-        with self.assertRaises(fileslink.RateLimitError) as caught:
-            self.client().upload(b"x", self.fake.folder_id, name="x.bin")
-        self.assertEqual(caught.exception.status, 429)
-        self.assertEqual(len(self.presigns()), 3)
-
-    def test_retry_after_on_the_api_is_honoured(self) -> None:
-        client = self.client(retry=fileslink.Retry(attempts=2, backoff=0, max_backoff=0))
-        self.fake.inject("api", status=429, headers={"Retry-After": "1"},
-                         path_contains=self.presign_path())
-        started = time.monotonic()
-        client.upload(b"patience", self.fake.folder_id, name="p.bin")
-        elapsed = time.monotonic() - started
-        self.assertGreaterEqual(elapsed, 0.9)
-        self.assertLess(elapsed, 5)
-        self.assertEqual([c.status for c in self.presigns()], [429, 200])
-
     def test_retry_after_too_long_to_wait_is_raised_at_once(self) -> None:
         self.fake.inject("api", status=429, headers={"Retry-After": "3600"},
                          path_contains=self.presign_path())
@@ -2770,20 +2673,22 @@ class TestRetry(FolderInEnvCase):
         self.assertEqual(len(self.presigns()), 1)
 
     def test_retry_after_is_waited_out_instead_of_the_backoff(self) -> None:
-        client = self.client()
+        # No backoff of its own: any wait is the Retry-After's.
+        client = self.client(retry=fileslink.Retry(attempts=2, backoff=0, max_backoff=0))
         for plane, status in (("api", 429), ("api", 503), ("storage", 503)):
             with self.subTest(plane=plane, status=status):
-                before = len(self.fake.log)
-                self.fake.inject(plane, status=status, headers={"Retry-After": "1"})
+                mark = self.mark()
+                self.fake.inject(plane, status=status, headers={"Retry-After": "1"},
+                                 path_contains=self.presign_path() if plane == "api" else None)
                 started = time.monotonic()
                 f = client.upload(b"hello", name="hello.txt")
                 took = time.monotonic() - started
-                # The computed backoff alone would be under 0.05 s.
                 self.assertGreaterEqual(took, 0.9)
-                self.assertLess(took, 3)
+                # Generous, for a busy machine: the upload itself takes milliseconds.
+                self.assertLess(took, 10)
                 self.assertTrue(self.fake.files[f.id].uploaded)
-                statuses = [r.status for r in self.fake.log[before:] if r.plane == plane]
-                self.assertEqual(statuses[:2], [status, 200])
+                tries = self.presigns(mark) if plane == "api" else self.puts(mark)
+                self.assertEqual([r.status for r in tries], [status, 200])
 
 
 class TestStalls(FolderInEnvCase):
@@ -2932,13 +2837,14 @@ class TestExpiry(FolderInEnvCase):
     fake_options = {"min_part_size": MiB}        # 1 MiB parts: multipart tests stay small
 
     def test_expired_single_part_url_is_presigned_again(self) -> None:
-        data = pseudo_random_bytes(5000, seed=51)
+        # From a path: the file is read again from its start for the new URL.
+        path, data = self.make_file("late.bin", 5000, seed=51)
         self.fake.inject("storage", expire=True)
-        result = self.client().upload(data, self.fake.folder_id, name="late.bin")
+        result = self.client().upload(path)
         self.assert_stored(result, data)
-        presigns = self.presigns()
-        self.assertEqual(len(presigns), 2)
-        first, second = [f for f in self.fake.files.values() if f.name == "late.bin"]
+        self.assertEqual(len(self.presigns()), 2)
+        first, second = self.fake.files.values()
+        self.assertEqual((first.name, second.name), ("late.bin", "late.bin"))
         self.assertEqual(result.id, second.id)
         self.assertNotEqual(first.id, second.id)
         self.assertFalse(first.uploaded)                 # the old row stays unconfirmed
@@ -2951,40 +2857,26 @@ class TestExpiry(FolderInEnvCase):
             self.client().upload(b"never", self.fake.folder_id, name="never.bin")
         self.assertEqual(caught.exception.status, 403)
         self.assertIsNone(caught.exception.part)
-        self.assertEqual(len(self.presigns()), 3)
+        self.assertIn("expir", str(caught.exception))
+        self.assertEqual(len(self.presigns()), 3)        # a bounded number of presigns
         self.assertEqual(len(self.puts()), 3)
         self.assertEqual(self.confirms(), [])
 
     def test_expired_part_url_fails_the_upload_and_aborts_it(self) -> None:
         path, _ = self.make_file("expiring.bin", 4 * MiB, seed=53)
         self.fake.inject("storage", expire=True)
-        client = self.client(multipart_threshold=MiB, max_workers=1)
+        client = self.client(multipart_threshold=MiB, max_workers=2)
         with self.assertRaises(fileslink.TransferError) as caught:
-            self.bounded(lambda: client.upload(path, self.fake.folder_id), 10)
-        first = self.puts()[0]
-        self.assertEqual(first.status, 403)
-        self.assertEqual(caught.exception.part, int(first.query["partNumber"]))
+            self.bounded(lambda: client.upload(path))
+        (refused,) = [p for p in self.puts() if p.status == 403]
+        self.assertEqual(caught.exception.part, int(refused.query["partNumber"]))
         self.assertEqual(caught.exception.status, 403)
+        self.assertIn("expired", str(caught.exception))
         (up,) = self.fake.multipart.values()
         self.assertEqual(up.state, "aborted")
+        self.assertEqual(self.fake.api_calls("/multipart/complete"), [])
         self.assertEqual(len(self.fake.api_calls("/initiate")), 1)   # no second initiate
-
-    def test_an_expired_url_is_presigned_again_and_the_upload_succeeds(self) -> None:
-        path, data = self.make_file("late.bin", 5000, seed=8)
-        self.fake.inject("storage", expire=True)
-        f = self.client().upload(path)
-        self.assertEqual(len(self.presigns()), 2)
-        self.assertEqual(self.fake.files[f.id].data, data)
-        self.assertEqual([x.uploaded for x in self.fake.files.values()], [False, True])
-
-    def test_a_url_that_keeps_expiring_gives_up_after_a_bounded_number_of_presigns(self) -> None:
-        self.fake.inject("storage", expire=True, times=10)
-        with self.assertRaises(fileslink.TransferError) as cm:
-            self.client().upload(b"x" * 100, name="late.bin")
-        self.assertIn("expir", str(cm.exception))
-        self.assertEqual(cm.exception.status, 403)
-        self.assertEqual(len(self.presigns()), 3)
-        self.assertEqual(self.confirms(), [])
+        self.join_workers()
 
     def test_early_403_with_a_reset_mid_body_is_read_as_expiry_not_a_reset(self) -> None:
         # Storage answers 403 from the headers alone and hangs up while 16 MiB
@@ -3022,20 +2914,12 @@ class TestExpiry(FolderInEnvCase):
 
 class TestIntegrity(FolderInEnvCase):
     def test_put_whose_etag_disagrees_with_the_bytes_sent_is_sent_again(self) -> None:
-        data = pseudo_random_bytes(100 * 1024, seed=33)
+        path, data = self.make_file("etag.bin", 300 * 1024, seed=1)
         self.fake.inject("storage", wrong_etag=True)      # corrupted in transit
-        result = self.client().upload(data, self.fake.folder_id, name="damaged.bin")
-        self.assert_stored(result, data)             # the damaged copy was replaced
+        result = self.client().upload(path)
+        self.assert_stored(result, data)                  # the damaged copy was replaced
         self.assertEqual([p.status for p in self.puts()], [200, 200])
         self.assertEqual(len(self.confirms()), 1)
-
-    def test_wrong_etag_is_retried_and_the_upload_is_byte_exact(self) -> None:
-        path, data = self.make_file("etag.bin", 300 * 1024, seed=1)
-        self.fake.inject("storage", wrong_etag=True)
-        f = self.client().upload(path)
-        self.assertEqual(len(self.puts()), 2)
-        stored = self.fake.files[f.id]
-        self.assertEqual((stored.uploaded, stored.data == data), (True, True))
 
     def test_etag_always_wrong_fails_naming_md5_and_confirms_nothing(self) -> None:
         path, _ = self.make_file("etag.bin", 1000, seed=2)
@@ -3316,17 +3200,6 @@ class TestConnectionReuse(FakeTestCase):
 # ---------------------------------------------------------------------------
 
 class TestErrors(FakeTestCase):
-    def test_missing_file_raises_file_not_found_before_any_call(self) -> None:
-        with self.assertRaises(FileNotFoundError):
-            self.client().upload(os.path.join(self.tmp, "nope.bin"), self.fake.folder_id)
-        self.assertEqual(self.fake.log, [])
-
-    def test_directory_raises_an_os_error_before_any_call(self) -> None:
-        with self.assertRaises(OSError) as caught:
-            self.client().upload(self.tmp, self.fake.folder_id)
-        self.assertIsInstance(caught.exception, (IsADirectoryError, PermissionError))
-        self.assertEqual(self.fake.log, [])
-
     def test_no_api_key_is_a_config_error(self) -> None:
         self.assertNotIn("FILESLINK_KEY", os.environ)
         with self.assertRaises(fileslink.ConfigError) as caught:
@@ -3341,71 +3214,6 @@ class TestErrors(FakeTestCase):
         self.assertIn("FILESLINK_FOLDER", str(caught.exception))
         self.assertEqual(self.fake.log, [])
 
-    def test_rejected_key_is_an_auth_error_without_the_key(self) -> None:
-        wrong = "fl_wrong_key_0123456789"
-        with self.assertRaises(fileslink.AuthError) as caught:
-            self.client(api_key=wrong).upload(b"x", self.fake.folder_id, name="x.bin")
-        self.assertEqual(caught.exception.status, 401)
-        self.assertEqual(caught.exception.message, "Invalid API key")
-        self.assertNotIn(wrong, str(caught.exception))
-        self.assertEqual(len(self.fake.log), 1)
-
-    def test_html_502_page_is_an_api_error_with_its_status_after_the_retries(self) -> None:
-        self.fake.inject("api", status=502, non_json=True, times=3)
-        with self.assertRaises(fileslink.APIError) as caught:
-            self.client().upload(b"x", self.fake.folder_id, name="x.bin")
-        self.assertIs(type(caught.exception), fileslink.APIError)
-        self.assertEqual(caught.exception.status, 502)
-        self.assertTrue(caught.exception.body.startswith("<!DOCTYPE html>"))
-        self.assertIn("502", str(caught.exception))
-        self.assertEqual(len(self.presigns()), 3)
-
-    def test_truncated_json_is_a_protocol_error(self) -> None:
-        self.fake.inject("api", status=200, body='{"success": true, "urls": [{"id": "ab',
-                         path_contains=self.presign_path())
-        with self.assertRaises(fileslink.ProtocolError):
-            self.client().upload(b"x", self.fake.folder_id, name="x.bin")
-        self.assertEqual(self.puts(), [])
-
-    def test_success_false_with_200_is_an_api_error_with_the_servers_message(self) -> None:
-        self.fake.inject("api", status=200, path_contains=self.presign_path(),
-                         body={"success": False, "message": "Storage limit exceeded"})
-        with self.assertRaises(fileslink.APIError) as caught:
-            self.client().upload(b"x", self.fake.folder_id, name="x.bin")
-        self.assertEqual(caught.exception.status, 200)
-        self.assertEqual(caught.exception.message, "Storage limit exceeded")
-        self.assertIn("Storage limit exceeded", str(caught.exception))
-        self.assertEqual(self.puts(), [])
-
-    def test_redirect_on_the_api_is_an_api_error_and_not_followed(self) -> None:
-        self.fake.inject("api", status=302, path_contains=self.presign_path(),
-                         headers={"Location": self.fake.storage_url + "/elsewhere"})
-        with self.assertRaises(fileslink.APIError) as caught:
-            self.client().upload(b"x", self.fake.folder_id, name="x.bin")
-        self.assertEqual(caught.exception.status, 302)
-        self.assertEqual(len(self.fake.log), 1)          # the key went nowhere else
-
-    def test_presigned_url_that_is_not_http_is_a_protocol_error_before_any_put(self) -> None:
-        for label, url in (("ftp", "ftp://127.0.0.1/x"), ("no host", "http:///x"),
-                           ("a file path", "/etc/passwd")):
-            with self.subTest(label):
-                self.fake.inject("api", path_contains=self.presign_path(),
-                                 body={"success": True,
-                                       "urls": [{"id": "f", "url": url, "s3Key": "k"}]})
-                with self.assertRaises(fileslink.ProtocolError):
-                    self.client().upload(b"x", self.fake.folder_id, name="x.bin")
-        self.assertEqual(self.puts(), [])
-        self.assertEqual(self.confirms(), [])
-
-    def test_a_huge_error_body_is_read_only_up_to_its_cap(self) -> None:
-        huge = json.dumps({"success": False, "message": "bad", "pad": "x" * (2 * MiB)})
-        self.fake.inject("api", status=400, body=huge, path_contains=self.presign_path())
-        with self.assertRaises(fileslink.APIError) as caught:
-            self.client().upload(b"x", self.fake.folder_id, name="x.bin")
-        self.assertEqual(caught.exception.status, 400)
-        self.assertLessEqual(len(caught.exception.body), 64 * 1024)
-        self.assertLess(len(str(caught.exception)), 4096)
-
 
 class TestBadInput(FolderInEnvCase):
     def test_bad_inputs_raise_the_documented_error_with_a_useful_message(self) -> None:
@@ -3419,6 +3227,7 @@ class TestBadInput(FolderInEnvCase):
         pipe = open(read_end, "rb")
         self.addCleanup(pipe.close)
         self.addCleanup(os.close, write_end)
+        wrong_key = "fl_wrong_key_0123456789"
 
         def up(source: Any = b"data", **kw: Any) -> Callable[[], Any]:
             kw.setdefault("name", None if not isinstance(source, bytes) else "a.bin")
@@ -3430,25 +3239,48 @@ class TestBadInput(FolderInEnvCase):
         def nothing() -> None:
             pass
 
-        def capped(e: Any) -> None:
+        # Extra checks: each gets the exception and the requests it cost.
+        def capped(e: Any, calls: List[Req]) -> None:
+            self.assertEqual(e.status, 400)
             self.assertLessEqual(len(e.body), 64 * 1024)
+            self.assertLess(len(str(e)), 1000)
 
-        def html_body(e: Any) -> None:
+        def rejected_key(e: Any, calls: List[Req]) -> None:
+            self.assertEqual((e.status, e.message), (401, "Invalid API key"))
+            self.assertNotIn(wrong_key, _exception_text(e))
+            self.assertEqual(len(calls), 1)
+
+        def html_page(e: Any, calls: List[Req]) -> None:
+            self.assertIs(type(e), fileslink.APIError)
             self.assertEqual(e.status, 502)
             self.assertTrue(e.body.startswith("<!DOCTYPE html>"))
+            self.assertEqual(len(calls), 3)               # after the retries
 
-        def all_protocol(e: Any) -> None:
+        def no_put(e: Any, calls: List[Req]) -> None:
+            self.assertEqual([r for r in calls if r.plane == "storage"], [])
+
+        def message(status: int, text: str) -> Callable[[Any, List[Req]], None]:
+            def check(e: Any, calls: List[Req]) -> None:
+                self.assertEqual((e.status, e.message), (status, text))
+                no_put(e, calls)
+            return check
+
+        def all_protocol(e: Any, calls: List[Req]) -> None:
             for _, _, cause in e.failures:
                 self.assertIsInstance(cause, fileslink.ProtocolError)
 
-        def status(n: int) -> Callable[[Any], None]:
-            return lambda e: self.assertEqual(e.status, n)
+        def status(n: int, tries: int = 1) -> Callable[[Any, List[Req]], None]:
+            def check(e: Any, calls: List[Req]) -> None:
+                self.assertEqual(e.status, n)
+                self.assertEqual(len([r for r in calls if r.plane == "api"]), tries)
+            return check
 
         one_url = {"success": True, "urls": [{"id": "f1", "url": fake.storage_url + "/b/k?x=1",
                                               "s3Key": "k"}]}
+        padded = json.dumps({"success": False, "message": "bad", "pad": "x" * (2 * MiB)})
         # (label, arrange, act, error class or None for success, fragment, extra check, offline)
         rows: List[Tuple[str, Callable[[], None], Callable[[], Any], Optional[type], str,
-                         Optional[Callable[[Any], None]], bool]] = [
+                         Optional[Callable[[Any, List[Req]], None]], bool]] = [
             ("missing file", nothing, up(missing), FileNotFoundError, "missing.bin", None, True),
             ("directory", nothing, up(self.tmp), IsADirectoryError, "directory", None, True),
             ("unreadable file", nothing, up(unreadable), PermissionError, "secret.bin", None, True),
@@ -3462,8 +3294,8 @@ class TestBadInput(FolderInEnvCase):
             ("API key with a newline", nothing,
              lambda: fileslink.Client(api_key=fake.api_key + "\n", base_url=fake.base_url),
              fileslink.ConfigError, "newline", None, True),
-            ("401", nothing, lambda: self.client(api_key="fl_wrong").upload(b"d", name="a.bin"),
-             fileslink.AuthError, "Invalid API key", status(401), False),
+            ("401", nothing, lambda: self.client(api_key=wrong_key).upload(b"d", name="a.bin"),
+             fileslink.AuthError, "Invalid API key", rejected_key, False),
             ("403", inject(status=403), up(), fileslink.AuthError, "blocked", status(403), False),
             ("404", nothing, up(folder_id="no-such-folder"), fileslink.APIError,
              "Folder not found", status(404), False),
@@ -3471,11 +3303,11 @@ class TestBadInput(FolderInEnvCase):
                 "success": False, "message": "Storage limit exceeded for this plan"}), up(),
              fileslink.APIError, "Storage limit exceeded for this plan", status(400), False),
             ("429 exhausted", inject(status=429, headers={"Retry-After": "0"}, times=3), up(),
-             fileslink.RateLimitError, "429", status(429), False),
+             fileslink.RateLimitError, "429", status(429, tries=3), False),
             ("HTML 502 page", inject(status=502, non_json=True, times=3), up(),
-             fileslink.APIError, "502", html_body, False),
+             fileslink.APIError, "502", html_page, False),
             ("truncated JSON", inject(status=200, body='{"success": true, "urls": [{"id": "f'),
-             up(), fileslink.ProtocolError, "not a JSON object", None, False),
+             up(), fileslink.ProtocolError, "not a JSON object", no_put, False),
             ("JSON without urls", inject(status=200, body={"success": True}), up(),
              fileslink.ProtocolError, "`urls`", None, False),
             ("fewer urls than files", inject(status=200, body=one_url),
@@ -3483,8 +3315,10 @@ class TestBadInput(FolderInEnvCase):
              fileslink.UploadManyError, "expected 2 entries", all_protocol, False),
             ("success false on 200", inject(status=200, body={
                 "success": False, "message": "Folder is archived"}), up(),
-             fileslink.APIError, "Folder is archived", status(200), False),
+             fileslink.APIError, "Folder is archived", message(200, "Folder is archived"), False),
             ("10 MiB error body", inject(status=400, body=b"<" * (10 * MiB)), up(),
+             fileslink.APIError, "400", capped, False),
+            ("JSON error body past the cap", inject(status=400, body=padded), up(),
              fileslink.APIError, "400", capped, False),
         ]
         for label, arrange, act, cls, fragment, check, offline in rows:
@@ -3495,16 +3329,16 @@ class TestBadInput(FolderInEnvCase):
                 before = len(fake.log)
                 arrange()
                 if cls is None:
-                    got = act()
+                    got = self.bounded(act)
                     stored = fake.files[got.id]
                     self.assertEqual((got.size, stored.uploaded, stored.data), (0, True, b""))
                     continue
                 with self.assertRaises(cls) as cm:
-                    act()
+                    self.bounded(act)                 # no row may hang the suite
                 self.assertIn(fragment, str(cm.exception))
                 self.assertNotIn(fake.api_key, _exception_text(cm.exception))
                 if check is not None:
-                    check(cm.exception)
+                    check(cm.exception, fake.log[before:])
                 if offline:
                     self.assertEqual(fake.log[before:], [], "no request before a local error")
 
@@ -3520,13 +3354,16 @@ class TestSecurity(FolderInEnvCase):
         for status in (301, 302, 303, 307, 308):
             with self.subTest(status=status):
                 self.fake.clear_faults()
+                mark = self.mark()
                 location = recorder + "/v1/files/" + self.fake.folder_id
-                self.fake.inject("api", status=status, headers={"Location": location})
+                self.fake.inject("api", status=status, headers={"Location": location},
+                                 path_contains=self.presign_path())
                 with self.assertRaises(fileslink.APIError) as cm:
                     client.upload(b"secret bytes", name="r.bin")
                 self.assertEqual(cm.exception.status, status)
                 self.assertIn("redirect", str(cm.exception))
-                self.assertEqual(seen, [])
+                self.assertEqual(len(self.since(mark)), 1)     # the presign, and nothing after it
+                self.assertEqual(seen, [])                     # the key went nowhere else
 
     def test_puts_carry_no_authorization_and_api_calls_carry_the_key(self) -> None:
         path, _ = self.make_file("big.bin", 11 * MiB, seed=13)
@@ -3549,6 +3386,7 @@ class TestSecurity(FolderInEnvCase):
             ("no host", "http:///bucket/key?X-Amz-Signature=abc"),
             ("empty host with port", "http://:%d/bucket/key" % port),
             ("scheme-relative", "//127.0.0.1:%d/bucket/key" % port),
+            ("a file path", "/etc/passwd"),
             ("header injection", "http://127.0.0.1:%d/k?a=1\r\nX-Evil: 1" % port),
         ]
 
@@ -3558,17 +3396,17 @@ class TestSecurity(FolderInEnvCase):
         # hostile or broken service would send it, through a real socket.
         port, was_connected = self.listener()
         client = self.client()
-        presign = "/v1/files/" + self.fake.folder_id
+        presign = self.presign_path()
         for label, url in self._bad_urls(port):
             with self.subTest(label):
                 self.fake.clear_faults()
-                before = len(self.fake.log)
+                mark = self.mark()
                 self.fake.inject("api", status=200, path_contains=presign, body={
                     "success": True, "urls": [{"id": "file-1", "url": url, "s3Key": "k/file-1"}]})
                 with self.assertRaises(fileslink.ProtocolError):
                     client.upload(b"secret bytes", name="x.bin")
                 # The presign, and nothing else: no PUT, no confirm.
-                self.assertEqual([r.path for r in self.fake.log[before:]], [presign])
+                self.assertEqual([r.path for r in self.since(mark)], [presign])
                 self.assertFalse(was_connected())
                 self.assertFalse(os.path.exists(os.path.join(self.tmp, "never-created")))
 
@@ -3576,7 +3414,7 @@ class TestSecurity(FolderInEnvCase):
         port, was_connected = self.listener()
         path, _ = self.make_file("big.bin", 11 * MiB, seed=14)
         client = self.client(multipart_threshold=6 * MiB)
-        for label, url in self._bad_urls(port):
+        for n, (label, url) in enumerate(self._bad_urls(port), 1):
             with self.subTest(label):
                 def transform(d: dict, url: str = url) -> dict:
                     d["parts"][-1]["url"] = url
@@ -3586,19 +3424,8 @@ class TestSecurity(FolderInEnvCase):
                     client.upload(path)
                 self.assertEqual(self.puts(), [])
                 self.assertFalse(was_connected())
-
-    def test_refused_part_url_does_not_leave_the_multipart_upload_open(self) -> None:
-        path, _ = self.make_file("big.bin", 11 * MiB, seed=15)
-
-        def transform(d: dict) -> dict:
-            d["parts"][-1]["url"] = "file:///etc/passwd"
-            return d
-
-        self.fake.initiate_transform = transform
-        with self.assertRaises(fileslink.ProtocolError):
-            self.client(multipart_threshold=6 * MiB).upload(path)
-        # The client was given an upload id: it must abort what it will not complete.
-        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+                # The client was given an upload id: it must abort what it will not complete.
+                self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"] * n)
 
     def test_plain_http_presigned_url_is_refused_unless_base_is_http_loopback(self) -> None:
         # Needs no network: the check runs on the URL alone, before any I/O.
@@ -3747,16 +3574,6 @@ class TestSecurity(FolderInEnvCase):
             self.client().upload(b"data", name="a.bin")
         self.assertEqual(cm.exception.status, 400)
         self.assertNotIn("5ec2e7516a7c0ffee", _exception_text(cm.exception))
-
-    def test_a_huge_error_body_is_capped(self) -> None:
-        self.fake.inject("api", status=400, body=b"E" * (10 * MiB))
-        started = time.monotonic()
-        with self.assertRaises(fileslink.APIError) as cm:
-            self.client().upload(b"data", name="a.bin")
-        self.assertLess(time.monotonic() - started, 2)
-        self.assertEqual(cm.exception.status, 400)
-        self.assertLessEqual(len(cm.exception.body), 64 * 1024)
-        self.assertLess(len(str(cm.exception)), 1000)
 
     def test_an_etag_with_control_characters_is_refused(self) -> None:
         for etag in ('"0123456789abcdef0123456789abcdef"\x01', '"abc\x7fdef"', '"a\tb"'):
@@ -4234,27 +4051,32 @@ class TestTerminal(KeyInEnvCase):
     @unittest.skipUnless(os.name == "posix", "sends SIGINT")
     def test_ctrl_c_during_a_multipart_upload_exits_130_and_aborts_it(self) -> None:
         path, _ = self.make_file("big.bin", 30 * MiB)
-        self.fake.inject("storage", delay=30, times=20)   # parts stall: the upload is in flight
+        # The first part stalls (stop() cuts it short), so the upload cannot
+        # end by itself; the first part answered says the upload is under way.
+        self.fake.inject("storage", delay=30)
+        under_way = threading.Event()
+        self.fake.on_request = lambda req: under_way.set() if req.plane == "storage" else None
+        # Not --quiet: no summary either, as if the run had ended.
         proc = subprocess.Popen([sys.executable, "-m", "fileslink", "upload", path, "--threshold",
-                                 "6M", "--workers", "2", "--quiet"],
+                                 "6M", "--workers", "2"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, env=self.child_env(), cwd=self.repo)
         try:
-            deadline = time.monotonic() + 10  # bounded poll of the fake's log for the first part
-            while not any(r.plane == "storage" for r in list(self.fake.log)):
-                self.assertIsNone(proc.poll(), "the CLI ended before sending a part")
-                self.assertLess(time.monotonic(), deadline, "no part was sent within 10 s")
-                time.sleep(0.01)
+            self.assertTrue(under_way.wait(20), "no part was sent within 20 s")
+            self.assertIsNone(proc.poll(), "the CLI ended before it was interrupted")
             proc.send_signal(signal.SIGINT)
             signalled = time.monotonic()
-            out, err = proc.communicate(timeout=10)
+            out, err = proc.communicate(timeout=30)
             elapsed = time.monotonic() - signalled
         finally:
             if proc.poll() is None:
                 proc.kill()
                 proc.communicate()
         self.assertEqual(proc.returncode, 130, err)
-        self.assertLess(elapsed, 2.0)
+        # Generous, for a busy machine: a CLI that waited for the stalled part
+        # would take 30 s. Exiting at all also says no worker was left running.
+        self.assertLess(elapsed, 10)
+        self.assertEqual(out, b"")
         lines = [line for line in err.decode().splitlines() if line.strip()]
         self.assertEqual(len(lines), 1, err)
         self.assertIn("interrupted", lines[0])
