@@ -1256,7 +1256,8 @@ class FakeTestCase(unittest.TestCase):
 
     def uploaded(self) -> Dict[str, bytes]:
         """name -> bytes of every file the fake holds as uploaded."""
-        return {f.name: f.data for f in self.fake.files.values() if f.uploaded and f.data is not None}
+        return {f.name: f.data for f in self.fake.files.values()
+                if f.uploaded and f.data is not None}
 
     def bounded(self, fn: Callable[[], Any], seconds: float = 10.0) -> Any:
         """fn() run in a thread: its result, or its exception re-raised here. A call
@@ -1306,7 +1307,8 @@ class FakeTestCase(unittest.TestCase):
         $FILESLINK_FOLDER (folder=True) at the fake; setUp restores the
         environment after the test."""
         if key:
-            os.environ.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.fake.base_url)
+            os.environ.update(FILESLINK_KEY=self.fake.api_key,
+                              FILESLINK_BASE_URL=self.fake.base_url)
         if folder:
             os.environ["FILESLINK_FOLDER"] = self.fake.folder_id
 
@@ -1357,7 +1359,8 @@ class FakeTestCase(unittest.TestCase):
 
         class Recorder(http.server.BaseHTTPRequestHandler):
             def _any(self) -> None:
-                seen.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                seen.append((self.command, self.path, headers))
                 body = b'{"success": true, "urls": [], "data": []}'
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
@@ -3472,9 +3475,8 @@ class TestSecurity(FolderInEnvCase):
         api_port = urlsplit(self.fake.base_url).port
         storage = "http://storage.invalid:%d" % urlsplit(self.fake.storage_url).port
         self.fake.storage_url = storage                   # the host of the presigned URLs
-        for label, options in (("loopback base", {}),
-                               ("allow_insecure base", {"allow_insecure": True,
-                                                        "base_url": "http://files.invalid:%d" % api_port})):
+        insecure = {"allow_insecure": True, "base_url": "http://files.invalid:%d" % api_port}
+        for label, options in (("loopback base", {}), ("allow_insecure base", insecure)):
             with self.subTest(label):
                 del proxy.seen[:]
                 result = self.client(**options).upload(b"plain", name="p.txt")
