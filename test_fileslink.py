@@ -5766,14 +5766,6 @@ class TestUserWorld(FakeTestCase):
         self.state = os.path.join(self.tmp, "state")
         os.environ["FILESLINK_STATE_DIR"] = self.state
 
-    def stored(self, result: "fileslink.UploadedFile", data: bytes) -> None:
-        f = self.fake.files[result.id]
-        self.assertTrue(f.uploaded)
-        self.assertEqual((f.size, f.data), (len(data), data))
-
-    def storage_puts(self, mark: int = 0) -> List[Req]:
-        return [r for r in self.fake.log[mark:] if r.plane == "storage" and r.method == "PUT"]
-
     # -- inputs ---------------------------------------------------------------
 
     def test_a_fifo_path_is_read_to_its_end_and_stored_whole(self) -> None:
@@ -5790,7 +5782,7 @@ class TestUserWorld(FakeTestCase):
         result = self.client().upload(fifo, self.fake.folder_id, name="dump.sql")
         writer.join(10)
         self.assertEqual(result.size, len(data))
-        self.stored(result, data)
+        self.assert_stored(result, data)
 
     def test_devices_sockets_and_text_streams_are_refused_before_any_call(self) -> None:
         server = socket.socket(socket.AF_UNIX)
@@ -5844,7 +5836,7 @@ class TestUserWorld(FakeTestCase):
         self.assertEqual(os.waitstatus_to_exitcode(status) if hasattr(os, "waitstatus_to_exitcode")
                          else status >> 8, 0)
         self.assertEqual(len(accepted), 2)  # the child's own: API and storage; the parent reused
-        self.stored(parent, parent_data)
+        self.assert_stored(parent, parent_data)
         (child,) = [f for f in self.fake.files.values() if f.name == "child.bin"]
         self.assertEqual(child.data, child_data)
 
@@ -5884,7 +5876,7 @@ class TestUserWorld(FakeTestCase):
                 second.set()
 
         client = self.client(multipart_threshold=MiB, max_workers=2)
-        self.stored(client.upload(path, self.fake.folder_id, progress=progress), data)
+        self.assert_stored(client.upload(path, self.fake.folder_id, progress=progress), data)
 
     # -- fairness, bandwidth, re-runs ------------------------------------------
 
@@ -5893,7 +5885,7 @@ class TestUserWorld(FakeTestCase):
         small, small_data = self.make_file("notes.txt", 100, seed=75)
         client = self.client(multipart_threshold=MiB, max_workers=1)
         client.upload_many([big, small], self.fake.folder_id)
-        names = [r.path.rsplit("/", 1)[1] for r in self.storage_puts()]
+        names = [r.path.rsplit("/", 1)[1] for r in self.puts()]
         self.assertEqual(names[:2], ["big.iso", "notes.txt"])
         self.assertEqual(len(names), 9)
 
@@ -5902,7 +5894,7 @@ class TestUserWorld(FakeTestCase):
         client = self.client(multipart_threshold=MiB // 2, max_workers=4,
                              max_bandwidth=4 * MiB)
         started = time.monotonic()
-        self.stored(client.upload(path, self.fake.folder_id), data)
+        self.assert_stored(client.upload(path, self.fake.folder_id), data)
         # A lower bound only: a busy machine can make it slower, never faster.
         self.assertGreaterEqual(time.monotonic() - started, 0.45)
 
@@ -5916,10 +5908,10 @@ class TestUserWorld(FakeTestCase):
         again = client.upload_many([a, b, c], self.fake.folder_id, skip_existing=True)
         self.assertEqual([f.skipped for f in again], [True, True, False])
         self.assertEqual([f.id for f in again[:2]], [f.id for f in first])
-        self.stored(again[2], c_data)
+        self.assert_stored(again[2], c_data)
         calls = [(r.method, r.path) for r in self.fake.log[mark:] if r.plane == "api"]
         self.assertEqual([m for m, _ in calls], ["GET", "POST", "POST"])  # list, presign, confirm
-        self.assertEqual(len(self.storage_puts(mark)), 1)
+        self.assertEqual(len(self.puts(mark)), 1)
 
     # -- servers and networks --------------------------------------------------
 
@@ -5931,7 +5923,7 @@ class TestUserWorld(FakeTestCase):
         os.environ["HTTP_PROXY"] = "http://127.0.0.1:%d" % dead
         os.environ["NO_PROXY"] = "10.0.0.0/8,127.0.0.0/8"
         result = self.client().upload(b"direct", self.fake.folder_id, name="d.txt")
-        self.stored(result, b"direct")
+        self.assert_stored(result, b"direct")
         os.environ["NO_PROXY"] = "10.0.0.0/8"
         with self.assertRaises(fileslink.APIError) as caught:
             self.client(retry=fileslink.Retry(attempts=1)).upload(b"x", self.fake.folder_id,
@@ -5978,7 +5970,7 @@ class TestUserWorld(FakeTestCase):
         self.fake.inject("storage", delay=30)
         child = self.child_upload(path)
         self.wait_for(lambda: self.journal_parts() >= parts
-                      and len(self.storage_puts()) > parts)  # the stalled PUT is in
+                      and len(self.puts()) > parts)  # the stalled PUT is in
         return child
 
     def journal_parts(self) -> int:
@@ -6001,14 +5993,14 @@ class TestUserWorld(FakeTestCase):
         child = self.child_stalled_after(path, 3)
         child.kill()
         child.communicate(timeout=10)
-        journaled, first_puts = self.journal_parts(), len(self.storage_puts())
+        journaled, first_puts = self.journal_parts(), len(self.puts())
         self.assertEqual([u.state for u in self.fake.multipart.values()], ["open"])
         mark = len(self.fake.log)
         rerun = self.child_upload(path)
         out, err = rerun.communicate(timeout=30)
         self.assertEqual(rerun.returncode, 0, out + err)
         self.assertEqual(journaled, 3)
-        self.assertEqual(len(self.storage_puts(mark)), 8 - journaled)
+        self.assertEqual(len(self.puts(mark)), 8 - journaled)
         self.assertEqual(len(self.fake.api_calls("complete")), 1)
         self.assertEqual(len(self.fake.api_calls("initiate")), 1)
         self.assertEqual(self.fake.files[out.strip()].data, data)
