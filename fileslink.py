@@ -274,15 +274,16 @@ class UploadManyError(FilesLinkError):
         results: per source, in order, its UploadedFile or its exception.
     """
 
+    # Results are typed Any: UploadedFile is a value, defined below the errors.
     def __init__(self, failures: List[Tuple[int, str, BaseException]],
-                 results: List[Union[UploadedFile, BaseException]]) -> None:
+                 results: List[Any]) -> None:
         shown = "; ".join("%s: %s" % (name, exc) for _, name, exc in failures[:5])
         more = " (and %d more)" % (len(failures) - 5) if len(failures) > 5 else ""
         super().__init__("%d of %d files failed: %s%s"
                          % (len(failures), len(results), shown, more))
         self.failures = failures
         self.results = results
-        self.uploaded = [r for r in results if isinstance(r, UploadedFile)]
+        self.uploaded = [r for r in results if not isinstance(r, BaseException)]
 
 
 class _Stopped(TransferError):
