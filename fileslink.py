@@ -39,12 +39,23 @@ Every error is a FilesLinkError subclass (or an OSError for a local file that
 cannot be read), and none of them carries the API key.  From a shell::
 
     python -m fileslink upload ./photos --folder FOLDER_ID
+
+The design, for the next maintainer: API calls and presigned PUTs go through
+http.client on pooled keep-alive connections, under urllib's proxy rules, and
+not through urllib.request's opener, for measured reasons: the opener adds
+`Content-Type: application/x-www-form-urlencoded` to every body (a presigned
+URL signed for another type refuses it), opens a new connection per request
+(a TLS handshake per part), and carries `Authorization` across redirects to
+other hosts.  Parallel PUTs run on a concurrent.futures thread pool that one
+coordinating thread feeds, so every decision (what to presign, when to
+confirm, complete or abort) is taken in one thread.
 """
 
 from __future__ import annotations
 
 import collections
 import http.client
+import io
 import os
 import random
 import re
@@ -57,7 +68,8 @@ import urllib.parse
 
 # json, hashlib, concurrent.futures, logging, tempfile, urllib.request and
 # argparse are imported where first needed: a Lambda cold start pays for every
-# module imported here, and http.client is the floor we measure against.
+# module imported here, and http.client (which imports io, socket, ssl and
+# email) is the floor we measure against.
 
 __version__ = "0.1.0"
 
@@ -67,6 +79,7 @@ __all__ = [
     "Client",
     "ConfigError",
     "FilesLinkError",
+    "PendingUpload",
     "ProtocolError",
     "RateLimitError",
     "Retry",
@@ -117,6 +130,7 @@ _DEFAULT_BASE_URL = "https://api.files.link"
 _ENV_KEY = "FILESLINK_KEY"
 _ENV_FOLDER = "FILESLINK_FOLDER"
 _ENV_BASE_URL = "FILESLINK_BASE_URL"
+_ENV_INSECURE = "FILESLINK_ALLOW_INSECURE"
 
 #: Bytes per socket write: 8 KiB writes (urllib's) run ~5x slower on loopback.
 _BLOCK = 1024 * 1024
@@ -128,16 +142,22 @@ _MAX_BODY = 32 * 1024 * 1024
 _SPOOL_MEMORY = 8 * 1024 * 1024
 #: Object storage allows at most this many parts per multipart upload.
 _MAX_PARTS = 10000
-#: How often a single-part upload is presigned again after its URL expired.
-_EXPIRED_REPRESIGNS = 2
-#: A Retry-After longer than this is not waited for: the error is raised.
-_MAX_RETRY_AFTER = 900.0
+#: How often an upload whose presigned URLs expired before any byte was
+#: stored is presigned (or initiated) again: a clock skew or a stalled start.
+_EXPIRED_RETRIES = 2
+#: No wait longer than this (Retry-After, a spent rate-limit budget) is sat
+#: out: the error is raised at once instead.
+_MAX_WAIT = 900.0
 #: Statuses worth another try: the request may succeed unchanged.
 _RETRY_STATUSES = frozenset((408, 429, 500, 502, 503, 504))
 #: How long aborting a multipart upload may take after Ctrl-C.
 _ABORT_TIMEOUT = 1.5
 #: Idle connections kept per origin beyond max_workers.
 _SPARE_CONNECTIONS = 2
+#: How often a worker blocked in connect() looks whether the run was stopped.
+_CONNECT_POLL = 0.1
+#: File descriptors kept free for the application when capping the workers.
+_SPARE_FDS = 32
 
 _USER_AGENT = "fileslink/%s python/%d.%d" % ((__version__,) + sys.version_info[:2])
 
@@ -170,64 +190,18 @@ _MIME_TYPES = {
     "zip": "application/zip", "zst": "application/zstd",
 }
 _DEFAULT_MIME = "application/octet-stream"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-
-# ---------------------------------------------------------------------------
-# The protocol: routes [doc], and the one table of what is [assumed]
-# ---------------------------------------------------------------------------
-
-#: The files.link routes this client calls (published by files.link).
-_ROUTES = {
-    "presign": "/v1/files/{0}",
-    "confirm": "/v1/files/confirm-upload",
-    "initiate": "/v1/files/multipart/{0}/initiate",
-    "complete": "/v1/files/multipart/complete",
-    "abort": "/v1/files/multipart/abort",
-    "file": "/v1/files/{0}",
-    "folder_files": "/v1/files/folder/{0}",
-    "signed": "/v1/files/signed/{0}",
-    "link": "/v1/p",
-    "public": "/v1/p/{0}",
-    "file_link": "/v1/p/file/{0}",
-    "projects": "/v1/projects",
-    "projects_page": "/v1/projects/{0}",
-    "project": "/v1/projects/project/{0}",
-    "project_delete": "/v1/projects/{0}",
-    "folders": "/v1/folders",
-    "project_folders": "/v1/folders/project/{0}",
-    "folder": "/v1/folders/{0}",
-}
-
-#: [assumed] Everything files.link has not published, in one place, so that
-#: correcting a guess is a one-line change (README: "What is assumed").
-_ASSUMED: Dict[str, Any] = {
-    # Names in the multipart initiate response `data`: the first found wins.
-    "file_id": ("fileId", "id"),
-    "upload_id": ("uploadId", "UploadId"),
-    "key": ("key", "Key", "s3Key"),
-    "bucket": ("bucket", "Bucket"),
-    "part_size": ("partSize", "chunkSize"),
-    "parts": ("parts", "urls", "presignedUrls", "partUrls"),
-    "part_url": ("url", "signedUrl", "presignedUrl"),
-    "part_number": ("partNumber", "PartNumber"),
-    # Where a folder listing keeps its files [seen: both shapes].
-    "listing": ("data", "data.files"),
-    # Completing a multipart upload marks the file uploaded: no confirm call.
-    "complete_confirms": True,
-    # Files per presign / confirm call: the API takes lists, its limit is unpublished.
-    "batch_size": 50,
-}
-
-
-def _pick(data: Json, field: str, default: Any = None) -> Any:
-    """The value of the first alias of `field` present in `data`."""
-    for name in _ASSUMED[field]:
-        value: Any = data
-        for step in name.split("."):
-            value = value.get(step) if isinstance(value, dict) else None
-        if value is not None:
-            return value
-    return default
+#: Where resumable uploads keep their journals (default: the user cache dir).
+_ENV_STATE_DIR = "FILESLINK_STATE_DIR"
+#: The journal format; a journal of another version is ignored, never misread.
+_JOURNAL_VERSION = 1
+#: A file is recognised on resume by a digest of this much of its start and end.
+_IDENTITY_SPAN = 1024 * 1024
+#: Resume only if the URLs of the parts left live at least this much longer:
+#: storage checks a URL when a PUT starts, and the first PUTs start within
+#: seconds. Longer would throw away uploads whose URLs live only minutes.
+_RESUME_MARGIN = 60.0
 
 
 # ---------------------------------------------------------------------------
@@ -265,7 +239,7 @@ class AuthError(APIError):
 
 
 class RateLimitError(APIError):
-    """429 after the retries ran out (or a Retry-After too long to wait)."""
+    """429 after the retries ran out (or a wait too long to sit out)."""
 
 
 class TransferError(FilesLinkError):
@@ -311,6 +285,17 @@ class UploadManyError(FilesLinkError):
         self.uploaded = [r for r in results if isinstance(r, UploadedFile)]
 
 
+class _Stopped(TransferError):
+    """A file cut short because the run stopped (Ctrl-C, SIGTERM, a fatal
+    error); handed to on_file, never raised.  `aborted`: True when its
+    multipart upload was aborted, False when the abort failed, None when
+    there was nothing to abort or it was kept open to be resumed."""
+
+    def __init__(self, text: str, aborted: Optional[bool]) -> None:
+        super().__init__(text)
+        self.aborted = aborted
+
+
 class _Retryable(Exception):
     """One try failed in a way another try may fix (internal)."""
 
@@ -328,19 +313,206 @@ class _Cancelled(Exception):
     """The upload was cancelled: Ctrl-C, or a sibling part failed (internal)."""
 
 
+#: What ends a whole run rather than one file: a refused key fails every
+#: file alike, and a cancellation is the caller's will.
+_RUN_FATAL = (AuthError, _Cancelled)
+
+
 # ---------------------------------------------------------------------------
-# Values: UploadedFile, Retry
+# The protocol: routes [doc], the one table of what is [assumed], and the
+# readers of answers whose shape is not published
+# ---------------------------------------------------------------------------
+
+def _clip(text: str, limit: int = 300) -> str:
+    text = _CONTROL.sub(" ", text).strip()
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+#: The files.link routes this client calls (published by files.link).
+_ROUTES = {
+    "presign": "/v1/files/{0}",
+    "confirm": "/v1/files/confirm-upload",
+    "initiate": "/v1/files/multipart/{0}/initiate",
+    "complete": "/v1/files/multipart/complete",
+    "abort": "/v1/files/multipart/abort",
+    "file": "/v1/files/{0}",
+    "folder_files": "/v1/files/folder/{0}",
+    "signed": "/v1/files/signed/{0}",
+    "link": "/v1/p",
+    "public": "/v1/p/{0}",
+    "file_link": "/v1/p/file/{0}",
+    "projects": "/v1/projects",
+    "projects_page": "/v1/projects/{0}",
+    "project": "/v1/projects/project/{0}",
+    "project_delete": "/v1/projects/{0}",
+    "folders": "/v1/folders",
+    "project_folders": "/v1/folders/project/{0}",
+    "folder": "/v1/folders/{0}",
+}
+
+#: [assumed] Everything files.link has not published, in one place, so that
+#: correcting a guess is a one-line change (README: "What is assumed").
+_ASSUMED: Dict[str, Any] = {
+    # Names in the multipart initiate response `data`: the first found wins.
+    "file_id": ("fileId", "id"),
+    "upload_id": ("uploadId", "UploadId"),
+    "key": ("key", "Key", "s3Key"),
+    "bucket": ("bucket", "Bucket"),
+    "part_size": ("partSize", "chunkSize"),
+    "parts": ("parts", "urls", "presignedUrls", "partUrls"),
+    "part_url": ("url", "signedUrl", "presignedUrl"),
+    "part_number": ("partNumber", "PartNumber"),
+    # Where a folder listing keeps its files [seen: a list under `data`].
+    "listing": ("data",),
+    # Files per presign / confirm call: the API takes lists, its limit is unpublished.
+    "batch_size": 50,
+}
+
+
+def _pick(data: Json, field: str, default: Any = None) -> Any:
+    """The value of the first alias of `field` present in `data`."""
+    for name in _ASSUMED[field]:
+        if data.get(name) is not None:
+            return data[name]
+    return default
+
+
+class _Plan:
+    """A multipart upload as initiated: ids and the part URLs, in order."""
+
+    __slots__ = ("file_id", "upload_id", "key", "bucket", "size", "part_size", "urls")
+
+    def __init__(self, file_id: str, upload_id: str, key: str, bucket: Optional[str],
+                 size: int, part_size: int, urls: List[str]) -> None:
+        self.file_id, self.upload_id, self.key, self.bucket = file_id, upload_id, key, bucket
+        self.size, self.part_size, self.urls = size, part_size, urls
+
+    def span(self, number: int) -> Tuple[int, int]:
+        """(offset, length) of part `number` (1-based)."""
+        offset = (number - 1) * self.part_size
+        return offset, min(self.part_size, self.size - offset)
+
+    def ids(self) -> Json:
+        """What complete and abort name the upload by."""
+        ids: Json = {"key": self.key, "uploadId": self.upload_id, "fileId": self.file_id}
+        if self.bucket is not None:
+            ids["bucket"] = self.bucket
+        return ids
+
+
+def _parse_plan(size: int, data: Any) -> _Plan:
+    """Read an initiate response's `data` tolerantly and check its part plan.
+
+    Raises ProtocolError naming the keys it saw when it cannot make sense of it.
+    """
+    if not isinstance(data, dict):
+        raise ProtocolError("multipart initiate: `data` is not an object: %s" % _clip(repr(data)))
+    file_id, upload_id = _pick(data, "file_id"), _pick(data, "upload_id")
+    raw_parts = _pick(data, "parts")
+    if not isinstance(file_id, str) or not isinstance(upload_id, str) or not isinstance(
+            raw_parts, list) or not raw_parts:
+        raise ProtocolError("multipart initiate: need a file id, an upload id and part URLs; "
+                            "keys seen: %s" % (", ".join(sorted(map(str, data))) or "none"))
+    numbered = sorted(_parse_part(position, item) for position, item in enumerate(raw_parts, 1))
+    count = len(numbered)
+    if [n for n, _ in numbered] != list(range(1, count + 1)):
+        raise ProtocolError("multipart initiate: part numbers are not 1..%d" % count)
+    if count > _MAX_PARTS:
+        raise ProtocolError("multipart initiate: %d parts; object storage allows %d"
+                            % (count, _MAX_PARTS))
+    part_size = _pick(data, "part_size") or -(-size // count)
+    if not isinstance(part_size, int) or part_size < 1 or -(-size // part_size) != count:
+        raise ProtocolError("multipart initiate: %d parts of %r bytes do not cover %d bytes"
+                            % (count, part_size, size))
+    bucket = _pick(data, "bucket")
+    return _Plan(file_id, upload_id, str(_pick(data, "key", "")),
+                 None if bucket is None else str(bucket), size, part_size,
+                 [url for _, url in numbered])
+
+
+def _parse_part(position: int, item: Any) -> Tuple[int, str]:
+    """(part number, URL) of one entry of an initiate response's part list."""
+    if isinstance(item, str):
+        return position, item
+    if isinstance(item, dict) and isinstance(_pick(item, "part_url"), str):
+        number = _pick(item, "part_number", position)
+        if not isinstance(number, int) or isinstance(number, bool):
+            raise ProtocolError("multipart initiate: part number %r is not an integer" % (number,))
+        return number, _pick(item, "part_url")
+    raise ProtocolError("multipart initiate: part %d has no URL; keys seen: %s" % (
+        position, ", ".join(sorted(item)) if isinstance(item, dict) else type(item).__name__))
+
+
+_AMZ_DATE = re.compile(r"^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$")
+
+
+def _url_lifetime(url: str) -> Optional[Tuple[float, float]]:
+    """(signed at, seconds valid) of a presigned URL, from X-Amz-Date and
+    X-Amz-Expires (or their X-Goog- twins); None if it carries no lifetime.
+    Storage checks the lifetime when a PUT starts [PROTOCOL.md]."""
+    query = {k.lower(): v for k, v in urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query)}
+    for vendor in ("x-amz-", "x-goog-"):
+        date, expires = query.get(vendor + "date", ""), query.get(vendor + "expires", "")
+        match = _AMZ_DATE.match(date)
+        if match and re.match(r"^[0-9]{1,9}$", expires):
+            import datetime  # already loaded by http.client (email.utils)
+
+            year, month, day, hour, minute, second = (int(g) for g in match.groups())
+            try:
+                signed = datetime.datetime(year, month, day, hour, minute, second,
+                                           tzinfo=datetime.timezone.utc)
+            except ValueError:  # a 13th month: no lifetime we can trust
+                return None
+            return signed.timestamp(), float(expires)
+    return None
+
+
+def _url_expiry(url: str) -> Optional[float]:
+    """The Unix time a presigned URL stops working, or None if it does not say."""
+    lifetime = _url_lifetime(url)
+    return None if lifetime is None else lifetime[0] + lifetime[1]
+
+
+# ---------------------------------------------------------------------------
+# Values: UploadedFile, Retry, PendingUpload
 # ---------------------------------------------------------------------------
 
 
-class UploadedFile:
+class _Value:
+    """An immutable value: fields from __slots__, equality and repr by value."""
+
+    __slots__: Tuple[str, ...] = ()
+
+    def __init__(self, *values: Any) -> None:
+        for field, value in zip(self.__slots__, values):
+            object.__setattr__(self, field, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("%s is immutable" % type(self).__name__)
+
+    def _fields(self) -> Tuple[Any, ...]:
+        return tuple(getattr(self, f) for f in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._fields() == other._fields()  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return "%s(%s)" % (type(self).__name__, ", ".join(
+            "%s=%r" % (f, getattr(self, f)) for f in self.__slots__))
+
+
+class UploadedFile(_Value):
     """An uploaded file (immutable).
 
-    Attributes: id, name, size, mime_type, s3_key, multipart (bool), and url
-    (the permanent public link, or None).
+    Attributes: id, name, size, mime_type, s3_key, multipart (bool), url
+    (the permanent public link, or None), and skipped (True when
+    skip_existing found it already there and nothing was sent).
     """
 
-    __slots__ = ("id", "name", "size", "mime_type", "s3_key", "multipart", "url")
+    __slots__ = ("id", "name", "size", "mime_type", "s3_key", "multipart", "url", "skipped")
     id: str
     name: str
     size: int
@@ -348,41 +520,29 @@ class UploadedFile:
     s3_key: str
     multipart: bool
     url: Optional[str]
+    skipped: bool
 
     def __init__(self, id: str, name: str, size: int, mime_type: str, s3_key: str,
-                 multipart: bool = False, url: Optional[str] = None) -> None:
-        for field, value in zip(self.__slots__, (id, name, size, mime_type, s3_key,
-                                                 multipart, url)):
-            object.__setattr__(self, field, value)
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("UploadedFile is immutable")
+                 multipart: bool = False, url: Optional[str] = None,
+                 skipped: bool = False) -> None:
+        super().__init__(id, name, size, mime_type, s3_key, multipart, url, skipped)
 
     def _replace(self, **changes: Any) -> UploadedFile:
-        fields = {f: getattr(self, f) for f in self.__slots__}
+        fields = dict(zip(self.__slots__, self._fields()))
         fields.update(changes)
         return UploadedFile(**fields)
 
     def to_dict(self) -> Json:
-        """The JSON shape the CLI prints: id, name, size, s3Key, mimeType, multipart, url."""
-        return {"id": self.id, "name": self.name, "size": self.size, "s3Key": self.s3_key,
-                "mimeType": self.mime_type, "multipart": self.multipart, "url": self.url}
-
-    def _key(self) -> Tuple[Any, ...]:
-        return tuple(getattr(self, f) for f in self.__slots__)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, UploadedFile) and self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return "UploadedFile(%s)" % ", ".join(
-            "%s=%r" % (f, getattr(self, f)) for f in self.__slots__)
+        """The JSON shape the CLI prints: id, name, size, s3Key, mimeType,
+        multipart, url, and "skipped": true for a file skip_existing skipped."""
+        record = {"id": self.id, "name": self.name, "size": self.size, "s3Key": self.s3_key,
+                  "mimeType": self.mime_type, "multipart": self.multipart, "url": self.url}
+        if self.skipped:
+            record["skipped"] = True
+        return record
 
 
-class Retry:
+class Retry(_Value):
     """How failed calls are tried again (immutable).
 
     Args:
@@ -407,12 +567,7 @@ class Retry:
         for label, value in (("backoff", backoff), ("max_backoff", max_backoff)):
             if not isinstance(value, (int, float)) or value < 0:
                 raise ConfigError("Retry %s must be a number >= 0, not %r" % (label, value))
-        object.__setattr__(self, "attempts", attempts)
-        object.__setattr__(self, "backoff", float(backoff))
-        object.__setattr__(self, "max_backoff", float(max_backoff))
-
-    def __setattr__(self, name: str, value: object) -> None:
-        raise AttributeError("Retry is immutable")
+        super().__init__(attempts, float(backoff), float(max_backoff))
 
     def delay(self, attempt: int, retry_after: Optional[float] = None) -> float:
         """Seconds to wait after failed try number `attempt` (1-based)."""
@@ -421,81 +576,31 @@ class Retry:
         bound = min(self.max_backoff, self.backoff * 2.0 ** (attempt - 1))
         return random.uniform(0.0, bound)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Retry) and (self.attempts, self.backoff, self.max_backoff) == (
-            other.attempts, other.backoff, other.max_backoff)
 
-    def __hash__(self) -> int:
-        return hash((self.attempts, self.backoff, self.max_backoff))
+class PendingUpload(_Value):
+    """A resumable multipart upload recorded in the journal (immutable).
 
-    def __repr__(self) -> str:
-        return "Retry(attempts=%d, backoff=%r, max_backoff=%r)" % (
-            self.attempts, self.backoff, self.max_backoff)
-
-
-def _parse_retry_after(value: Optional[str]) -> Optional[float]:
-    """Retry-After as seconds from now: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    import email.utils  # already loaded by http.client
-
-    parsed = email.utils.parsedate_tz(value)
-    if parsed is None:
-        return None
-    return max(0.0, email.utils.mktime_tz(parsed) - time.time())
-
-
-def _parse_ratelimit(headers: http.client.HTTPMessage) -> Optional[Tuple[int, float]]:
-    """(calls left, seconds to reset) from the IETF RateLimit header fields."""
-    combined = headers.get("ratelimit")
-    if combined:
-        left = re.search(r"(?:^|[;,\s])r=(\d+)", combined)
-        reset = re.search(r"(?:^|[;,\s])t=(\d+)", combined)
-        if left and reset:
-            return int(left.group(1)), float(reset.group(1))
-    for prefix in ("ratelimit-", "x-ratelimit-"):
-        left_text, reset_text = headers.get(prefix + "remaining"), headers.get(prefix + "reset")
-        if left_text and reset_text and left_text.strip().isdigit():
-            try:
-                return int(left_text), float(reset_text)
-            except ValueError:
-                return None
-    return None
-
-
-class _RateGate:
-    """The API's call budget, shared by every thread of a Client.
-
-    Each response says how many calls are left in the window and when it
-    resets; once none are left, callers wait for the reset instead of
-    spending retries on 429s.
+    Attributes: id (the file id), name, size, parts_done, parts_total,
+    expires (when the first URL of a part still to send expires, as a
+    Unix time, or None), folder_id, and path (the local file).
     """
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._left: Optional[int] = None
-        self._reset_at = 0.0
+    __slots__ = ("id", "name", "size", "parts_done", "parts_total", "expires", "folder_id",
+                 "path")
+    id: str
+    name: str
+    size: int
+    parts_done: int
+    parts_total: int
+    expires: Optional[float]
+    folder_id: str
+    path: str
 
-    def reserve(self) -> float:
-        """Take one call from the budget; the seconds to wait before making it."""
-        with self._lock:
-            now = time.monotonic()
-            if self._left is None or now >= self._reset_at:
-                self._left = None
-                return 0.0
-            if self._left > 0:
-                self._left -= 1
-                return 0.0
-            return self._reset_at - now
-
-    def update(self, left: int, reset: float) -> None:
-        with self._lock:
-            self._left, self._reset_at = left, time.monotonic() + reset
+    def to_dict(self) -> Json:
+        """The JSON shape `fileslink pending --json` prints."""
+        return {"id": self.id, "name": self.name, "size": self.size,
+                "partsDone": self.parts_done, "partsTotal": self.parts_total,
+                "expires": self.expires, "folderId": self.folder_id, "path": self.path}
 
 
 # ---------------------------------------------------------------------------
@@ -517,17 +622,16 @@ def _log(level: int, msg: str, *args: object) -> None:
 
 
 _DEBUG, _INFO, _WARNING = 10, 20, 30
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-def _where(url: str) -> str:
+def _unsigned_url(url: str) -> str:
     """A URL fit for a message: the query string (a signature) left out."""
     parts = urllib.parse.urlsplit(url)
     return "%s://%s%s%s" % (parts.scheme, parts.netloc, parts.path,
                             "?..." if parts.query else "")
 
 
-def _unsigned(text: str, url: str) -> str:
+def _unsigned_text(text: str, url: str) -> str:
     """Text from storage may echo the request line: leave its signature out."""
     query = urllib.parse.urlsplit(url).query
     if query:
@@ -538,14 +642,22 @@ def _unsigned(text: str, url: str) -> str:
     return text
 
 
-def _clip(text: str, limit: int = 300) -> str:
-    text = _CONTROL.sub(" ", text).strip()
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
 # ---------------------------------------------------------------------------
 # Wire: the only code that touches sockets
 # ---------------------------------------------------------------------------
+
+
+def _read_full(stream: Any, limit: int) -> bytes:
+    """Up to `limit` bytes, read in blocks: before 3.10, HTTPResponse.read(n)
+    allocates and zero-fills n bytes whatever the body's size."""
+    chunks, have = [], 0
+    while have < limit:
+        chunk = stream.read(min(_BLOCK, limit - have))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        have += len(chunk)
+    return b"".join(chunks)
 
 
 class _Response:
@@ -557,18 +669,24 @@ class _Response:
         self.body, self.truncated = body, truncated
 
     def text(self) -> str:
+        """The body as text; a compressed body nobody asked for is described,
+        not shown: its bytes would be garbage inside a message."""
+        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity" and self.body:
+            return "(a %d-byte %s-encoded body)" % (len(self.body), _clip(encoding, 20))
         return self.body.decode("utf-8", "replace")
 
 
 class _Conn:
-    """A pooled connection and how requests on it name their target."""
+    """A pooled connection, how requests on it name their target, and the
+    proxy it goes through (named in errors: a refused proxy is not the API)."""
 
-    __slots__ = ("http", "origin", "absolute", "proxy_auth", "reused")
+    __slots__ = ("http", "origin", "absolute", "proxy_auth", "proxy", "reused")
 
     def __init__(self, conn: http.client.HTTPConnection, origin: Tuple[str, str, int],
-                 absolute: bool, proxy_auth: Optional[str]) -> None:
+                 absolute: bool, proxy_auth: Optional[str], proxy: str) -> None:
         self.http, self.origin, self.absolute = conn, origin, absolute
-        self.proxy_auth, self.reused = proxy_auth, False
+        self.proxy_auth, self.proxy, self.reused = proxy_auth, proxy, False
 
 
 class _Cancel:
@@ -577,7 +695,7 @@ class _Cancel:
 
     def __init__(self, parent: Optional[_Cancel] = None) -> None:
         self._event = threading.Event()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _conns and _children
         self._conns: Set[_Conn] = set()
         self._children: Set[_Cancel] = set()
         self._parent = parent
@@ -642,18 +760,38 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _proxy_for(scheme: str, netloc: str) -> Optional[Tuple[str, int, Optional[str]]]:
+def _no_proxy_cidr(host: str) -> bool:
+    """NO_PROXY entries that are networks (127.0.0.0/8, as curl and requests
+    read them), which urllib's proxy_bypass ignores."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    for entry in (os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or "").split(","):
+        if "/" in entry:
+            try:
+                if address in ipaddress.ip_network(entry.strip(), strict=False):
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+def _proxy_for(scheme: str, host: str, netloc: str) -> Optional[Tuple[str, int, Optional[str]]]:
     """(host, port, Proxy-Authorization) of the proxy for a URL, or None.
 
-    The rules are urllib's (getproxies, proxy_bypass with NO_PROXY), but
-    urllib.request is only imported when some *_proxy variable is set.
+    The rules are urllib's (getproxies, proxy_bypass with NO_PROXY) plus
+    network entries in NO_PROXY; urllib.request is only imported when some
+    *_proxy variable is set.
     """
     if not any(name.lower().endswith("_proxy") for name in os.environ):
         return None
     import urllib.request
 
     proxy = urllib.request.getproxies().get(scheme)
-    if not proxy or urllib.request.proxy_bypass(netloc):
+    if not proxy or urllib.request.proxy_bypass(netloc) or _no_proxy_cidr(host):
         return None
     if "://" not in proxy:
         proxy = "http://" + proxy
@@ -679,14 +817,19 @@ def _split_url(url: str) -> Tuple[str, str, int, str]:
     return scheme, parts.hostname or "", port, target
 
 
-def _network_error(what: str, where: str, exc: BaseException) -> Tuple[str, bool]:
+class _ConnectFailed(OSError):
+    """No connection was made, so the request was never sent: any call,
+    even one that must not be repeated, may be tried again."""
+
+
+def _network_error(what: str, exc: BaseException) -> Tuple[str, bool]:
     """A message for a failed exchange, and whether another try may help."""
     ssl = sys.modules.get("ssl")
-    if ssl is not None and isinstance(exc, ssl.SSLCertVerificationError):
-        return ("%s: the TLS certificate of %s was refused (%s); trust your CA with "
-                "--ca-bundle, ssl_context= or SSL_CERT_FILE" % (
-                    what, where, _clip(str(exc.verify_message or exc))), False)
-    return "%s: no answer from %s: %s" % (what, where, _clip(str(exc) or type(exc).__name__)), True
+    cert = exc.__cause__ if isinstance(exc, _ConnectFailed) else exc
+    if ssl is not None and isinstance(cert, ssl.SSLCertVerificationError):
+        return ("%s: %s (trust your CA with ssl_context= or SSL_CERT_FILE)"
+                % (what, exc), False)
+    return "%s: %s" % (what, _clip(str(exc) or type(exc).__name__)), True
 
 
 def _is_stale_error(exc: BaseException) -> bool:
@@ -697,12 +840,113 @@ def _is_stale_error(exc: BaseException) -> bool:
     return type(exc).__name__ in ("SSLEOFError", "SSLZeroReturnError")
 
 
+def _ready(sock: socket.socket, write: bool, timeout: float) -> bool:
+    """Whether sock can be written (or read) within timeout seconds; poll,
+    not select, where there is one: select fails on descriptors past 1024."""
+    poll = getattr(select, "poll", None)
+    if poll is None:
+        r, w, x = select.select([] if write else [sock], [sock] if write else [], [sock], timeout)
+        return bool(r or w or x)
+    poller = poll()
+    poller.register(sock, select.POLLOUT if write else select.POLLIN)
+    return bool(poller.poll(timeout * 1000))
+
+
+def _idle_and_open(sock: Optional[socket.socket]) -> bool:
+    """Whether an idle kept-alive connection is usable: nothing to read, no EOF."""
+    try:
+        return sock is not None and not _ready(sock, False, 0)
+    except (OSError, ValueError):
+        return False
+
+
+def _open_socket(address: Tuple[str, int], timeout: float, cancel: _Cancel) -> socket.socket:
+    """socket.create_connection, but a stopped run ends the wait: a host
+    that drops SYNs would otherwise hold a worker, and so the exit, for
+    the whole timeout."""
+    import errno
+
+    failure: Optional[OSError] = None
+    for family, kind, proto, _, sockaddr in socket.getaddrinfo(*address, 0, socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            code = sock.connect_ex(sockaddr)
+            deadline = time.monotonic() + timeout
+            while code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EALREADY, errno.EINTR):
+                cancel.check()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise socket.timeout("timed out")
+                if _ready(sock, True, min(left, _CONNECT_POLL)):
+                    code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if code:
+                raise OSError(code, os.strerror(code))
+            sock.settimeout(timeout)
+            return sock
+        except OSError as exc:
+            sock.close()
+            failure = exc
+        except BaseException:
+            sock.close()
+            raise
+    raise failure or OSError("no address for %s" % address[0])
+
+
+class _Deadline(io.RawIOBase):
+    """A socket reader that gives up once `limit` seconds have passed in all,
+    however the bytes trickle in: each read waits at most what is left."""
+
+    def __init__(self, sock: socket.socket, limit: float, per_read: float) -> None:
+        super().__init__()
+        # A file of its own on the socket, as http.client's reader is: it
+        # keeps the socket open when the connection hands it to the response.
+        self._sock, self._raw = sock, sock.makefile("rb", buffering=0)
+        self._limit, self._per_read = limit, per_read
+        self._deadline = time.monotonic() + limit
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("the answer did not arrive whole within %g s" % self._limit)
+        self._sock.settimeout(min(left, self._per_read))
+        return self._raw.readinto(buf) or 0
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _Answer(http.client.HTTPResponse):
+    """A response read under a deadline, skipping every interim answer:
+    http.client skips only 100 Continue and takes a 102 Processing or a
+    103 Early Hints for the final status."""
+
+    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: Optional[str] = None,
+                 url: Optional[str] = None, limit: Optional[float] = None) -> None:
+        super().__init__(sock, debuglevel, method, url)
+        if limit is not None:
+            reader = io.BufferedReader(_Deadline(sock, limit, sock.gettimeout() or limit))
+            self.fp.close()  # http.client's own reader, not the socket
+            self.fp = reader
+
+    def _read_status(self) -> Tuple[str, int, str]:
+        version, status, reason = super()._read_status()  # type: ignore[misc]
+        if 100 < status < 200 and status != 101:  # begin() skips a 100's headers and reads on
+            return version, http.client.CONTINUE, reason
+        return version, status, reason
+
+
 class _Transport:
     """HTTP/1.1 exchanges over pooled persistent connections.
 
     A connection is checked out for one exchange and returned when its
     response was read to the end, so each worker thread in effect keeps
-    its own connection per host.
+    its own connection per host.  A forked child starts with an empty pool:
+    the parent's sockets are shared with it, and answers would cross.
     """
 
     def __init__(self, timeout: float, ssl_context: Optional[ssl.SSLContext],
@@ -710,8 +954,15 @@ class _Transport:
         self.timeout = timeout
         self._ssl_context = ssl_context
         self._max_idle = max_idle
-        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # guards _idle and _ssl_context
         self._idle: Dict[Tuple[str, str, int], List[_Conn]] = {}
+
+    def _after_fork(self) -> None:
+        """In a forked child, forget the parent's connections and its lock
+        (another thread may have held it at the fork)."""
+        if os.getpid() != self._pid:
+            self._pid, self._lock, self._idle = os.getpid(), threading.Lock(), {}
 
     def ssl_context(self) -> ssl.SSLContext:
         with self._lock:
@@ -726,24 +977,23 @@ class _Transport:
         netloc = host if ":" not in host else "[%s]" % host
         if port not in (80, 443):
             netloc += ":%d" % port
-        proxy = _proxy_for(scheme, netloc)
+        proxy = _proxy_for(scheme, host, netloc)
+        peer = (proxy[0], proxy[1]) if proxy else (host, port)
         conn: http.client.HTTPConnection
         if scheme == "https":
-            if proxy is None:
-                conn = http.client.HTTPSConnection(host, port, timeout=self.timeout,
-                                                   context=self.ssl_context())
-            else:
-                conn = http.client.HTTPSConnection(proxy[0], proxy[1], timeout=self.timeout,
-                                                   context=self.ssl_context())
+            conn = http.client.HTTPSConnection(*peer, timeout=self.timeout,
+                                               context=self.ssl_context())
+            if proxy is not None:
                 conn.set_tunnel(host, port, {"Proxy-Authorization": proxy[2]} if proxy[2] else None)
         else:
-            conn = http.client.HTTPConnection(proxy[0] if proxy else host,
-                                              proxy[1] if proxy else port, timeout=self.timeout)
+            conn = http.client.HTTPConnection(*peer, timeout=self.timeout)
         # Plain http through a proxy: absolute-form targets, credentials per request.
         via_proxy = scheme == "http" and proxy is not None
-        return _Conn(conn, (scheme, host, port), via_proxy, proxy[2] if via_proxy and proxy else None)
+        return _Conn(conn, (scheme, host, port), via_proxy, proxy[2] if via_proxy and proxy else None,
+                     "the proxy %s:%d" % peer if proxy else "")
 
     def _checkout(self, origin: Tuple[str, str, int], fresh: bool) -> _Conn:
+        self._after_fork()
         while not fresh:
             with self._lock:
                 pool = self._idle.get(origin)
@@ -757,6 +1007,7 @@ class _Transport:
         return self._connect(*origin)
 
     def _checkin(self, conn: _Conn) -> None:
+        self._after_fork()
         with self._lock:
             pool = self._idle.setdefault(conn.origin, [])
             if len(pool) < self._max_idle:
@@ -765,48 +1016,77 @@ class _Transport:
         conn.http.close()
 
     def close(self) -> None:
+        self._after_fork()
         with self._lock:
             pools, self._idle = list(self._idle.values()), {}
         for pool in pools:
             for conn in pool:
                 conn.http.close()
 
-    def exchange(self, method: str, url: str, headers: Dict[str, str],
-                 body: Union[bytes, _Payload, None] = None, *, cancel: _Cancel = _NEVER,
-                 max_body: int = _MAX_ERROR_BODY, timeout: Optional[float] = None) -> _Response:
+    def exchange(self, method: str, url: str, headers: Dict[str, str], body: Any = None, *,
+                 cancel: _Cancel = _NEVER, max_body: int = _MAX_ERROR_BODY,
+                 timeout: Optional[float] = None) -> _Response:
         """Send one request and read its response (up to max_body bytes).
 
-        A kept-alive connection that turns out to be closed by the server is
-        replaced once, without the caller seeing it: that failure says
-        nothing about the request.
+        `body` is bytes, or anything with len() and send(http_connection).
+        `timeout` bounds each socket operation and, from the moment the
+        request is sent, the whole answer.  A kept-alive connection that
+        turns out to be closed by the server is replaced once, without the
+        caller seeing it: that failure says nothing about the request.
+        Raises _ConnectFailed when no connection could be made.
         """
         scheme, host, port, target = _split_url(url)
+        limit = self.timeout if timeout is None else timeout
         fresh = False
         while True:
             cancel.check()
             conn = self._checkout((scheme, host, port), fresh)
             cancel.track(conn)
             try:
-                # Each exchange sets its own: a pooled connection may come
-                # from a short-timeout abort.
-                conn.http.timeout = self.timeout if timeout is None else timeout
-                if conn.http.sock is not None:
-                    conn.http.sock.settimeout(conn.http.timeout)
+                self._connected(conn, limit, cancel)
                 return self._once(conn, url if conn.absolute else target, method,
-                                  headers, body, max_body)
+                                  headers, body, max_body, limit)
             except BaseException as exc:
                 conn.http.close()
                 if conn.reused and not fresh and _is_stale_error(exc) and not cancel.is_set():
                     _log(_DEBUG, "%s %s: kept-alive connection was closed; reconnecting",
-                         method, _where(url))
+                         method, _unsigned_url(url))
                     fresh = True
                     continue
                 raise
             finally:
                 cancel.untrack(conn)
 
+    def _connected(self, conn: _Conn, limit: float, cancel: _Cancel) -> None:
+        """Set this exchange's timeout (a pooled connection may come from a
+        short-timeout abort) and connect now if not yet connected."""
+        import functools
+
+        h = conn.http
+        h.timeout = limit
+        # The deadline of the answer runs from when its reading starts.
+        # (setattr: typeshed types response_class as a class, not a factory.)
+        setattr(h, "response_class", functools.partial(_Answer, limit=limit))  # noqa: B010
+        if h.sock is not None:
+            h.sock.settimeout(limit)
+            return
+        # http.client's connect() would block in connect(2) for the whole
+        # timeout; this hook (private to http.client, and so unknown to
+        # typeshed, but the same from 3.8 to 3.13) lets a stopped run end the wait.
+        setattr(h, "_create_connection", lambda address, timeout=limit, source=None:  # noqa: B010
+                _open_socket(address, timeout, cancel))
+        try:
+            h.connect()
+        except (OSError, http.client.HTTPException) as exc:
+            if cancel.is_set():
+                raise _Cancelled() from None
+            where = conn.proxy or "%s:%d" % (conn.origin[1], conn.origin[2])
+            via = " for %s" % conn.origin[1] if conn.proxy else ""
+            raise _ConnectFailed("cannot connect to %s%s: %s" % (
+                where, via, _clip(str(exc) or type(exc).__name__))) from exc
+
     def _once(self, conn: _Conn, target: str, method: str, headers: Dict[str, str],
-              body: Union[bytes, _Payload, None], max_body: int) -> _Response:
+              body: Any, max_body: int, limit: float) -> _Response:
         h = conn.http
         h.putrequest(method, target, skip_accept_encoding=True)
         for name, value in headers.items():
@@ -814,14 +1094,14 @@ class _Transport:
         if conn.proxy_auth:
             h.putheader("Proxy-Authorization", conn.proxy_auth)
         if body is not None:
-            h.putheader("Content-Length", str(len(body) if isinstance(body, bytes) else body.length))
+            h.putheader("Content-Length", str(len(body)))
         answered_early = False
         try:
-            if isinstance(body, _Payload):
+            if body is None or isinstance(body, bytes):
+                h.endheaders(body)  # headers and a small body in one segment
+            else:
                 h.endheaders()
                 body.send(h)
-            else:
-                h.endheaders(body)
         except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as exc:
             # Object storage may answer before the body is in (a 403 for an
             # expired URL) and reset the connection: that answer is the news.
@@ -843,17 +1123,6 @@ class _Transport:
         return _Response(response.status, response.reason, response.headers, data, truncated)
 
 
-def _idle_and_open(sock: Optional[socket.socket]) -> bool:
-    """Whether an idle connection is still usable: nothing to read, no EOF."""
-    if sock is None:
-        return False
-    try:
-        readable, _, _ = select.select([sock], [], [], 0)
-    except (OSError, ValueError):
-        return False
-    return not readable
-
-
 # ---------------------------------------------------------------------------
 # Sources: what gets read, in blocks, from where
 # ---------------------------------------------------------------------------
@@ -873,6 +1142,8 @@ class _Source:
     name: str
     size: int
     mime_type: str
+    #: The local file, for sources read from a path (resume needs it).
+    path: Optional[str] = None
 
     def readinto(self, buf: memoryview, offset: int) -> int:
         raise NotImplementedError
@@ -889,29 +1160,21 @@ class _Source:
 
 
 class _PathSource(_Source):
-    """A file on disk, opened by us; every worker reads its own range."""
+    """A regular file on disk, opened by us; every worker reads its own range."""
 
     def __init__(self, path: str, name: str) -> None:
         self.path, self.name = path, name
         self._file = open(path, "rb", buffering=0)  # OSError here: before any I/O
-        try:
-            st = os.fstat(self._file.fileno())
-            import stat
-
-            if stat.S_ISDIR(st.st_mode):
-                raise IsADirectoryError(21, "Is a directory", path)
-        except BaseException:
-            self._file.close()
-            raise
+        st = os.fstat(self._file.fileno())
         self._stamp = (st.st_size, st.st_mtime_ns)
         self.size = st.st_size
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the file position where there is no preadv
         self._pread = getattr(os, "preadv", None)
 
     def readinto(self, buf: memoryview, offset: int) -> int:
         if self._pread is not None:
             return int(self._pread(self._file.fileno(), [buf], offset))
-        with self._lock:  # no positional read here: one shared file position
+        with self._lock:
             self._file.seek(offset)
             return self._file.readinto(buf) or 0
 
@@ -948,7 +1211,7 @@ class _StreamSource(_Source):
         self._start = stream.tell()
         self.size = stream.seek(0, os.SEEK_END) - self._start
         stream.seek(self._start)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the stream's position
 
     def readinto(self, buf: memoryview, offset: int) -> int:
         with self._lock:
@@ -966,7 +1229,8 @@ class _StreamSource(_Source):
 
 
 def _spool(stream: BinaryIO, name: str) -> _Source:
-    """A non-seekable stream, kept in memory if small, else in a temp file."""
+    """A non-seekable stream read to its end, kept in memory if small, else
+    in a temp file: its size is what it held, never what it claimed."""
     head = _read_full(stream, _SPOOL_MEMORY + 1)
     if len(head) <= _SPOOL_MEMORY:
         return _BytesSource(head, name)
@@ -988,19 +1252,6 @@ def _spool(stream: BinaryIO, name: str) -> _Source:
         raise
 
 
-def _read_full(stream: Any, limit: int) -> bytes:
-    """Up to `limit` bytes, read in blocks: before 3.10, HTTPResponse.read(n)
-    allocates and zero-fills n bytes whatever the body's size."""
-    chunks, have = [], 0
-    while have < limit:
-        chunk = stream.read(min(_BLOCK, limit - have))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        have += len(chunk)
-    return b"".join(chunks)
-
-
 def _clean_name(name: str) -> str:
     """A name fit for the API: undecodable bytes and control characters
     (a name from the file system may hold both) become U+FFFD and "_"."""
@@ -1013,6 +1264,39 @@ def _guess_mime(name: str) -> str:
     return _MIME_TYPES.get(ext, _DEFAULT_MIME)
 
 
+def _open_path(path: str, name: str) -> _Source:
+    """A path as a source: a regular file is read in place; a pipe (a FIFO,
+    /dev/stdin, <(command)) is read to its end like a stream; a device or
+    a socket is refused, for its "size" would be a lie."""
+    import stat
+
+    mode = os.stat(path).st_mode  # OSError here: before any I/O
+    if stat.S_ISFIFO(mode):
+        with open(path, "rb") as pipe:
+            return _spool(pipe, name)
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
+        kind = "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise ConfigError("cannot upload %s: it is %s, not a file (to send what a command "
+                          "writes, pipe it in)" % (_clean_name(path), kind))
+    return _PathSource(path, name)  # a directory: open() raises IsADirectoryError
+
+
+def _open_stream(item: Any, name: Optional[str]) -> _Source:
+    """A file object as a source, refused before any I/O if it yields text."""
+    if name is None:
+        given = getattr(item, "name", None)
+        if not isinstance(given, str) or given.startswith("<"):
+            raise ConfigError("name= is required for a file object without a file name")
+        name = _clean_name(os.path.basename(given))
+    if isinstance(item, io.TextIOBase):
+        raise ConfigError("%s is open in text mode: open it in binary mode ('rb')" % name)
+    try:
+        seekable = bool(item.seekable())
+    except (AttributeError, OSError, ValueError):
+        seekable = False
+    return _StreamSource(item, name) if seekable else _spool(item, name)
+
+
 def _open_source(item: Any, name: Optional[str], mime_type: Optional[str]) -> _Source:
     """Turn what the caller gave into a _Source; local errors raise here."""
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
@@ -1021,27 +1305,19 @@ def _open_source(item: Any, name: Optional[str], mime_type: Optional[str]) -> _S
         if not isinstance(name, str) or not name or _CONTROL.search(name):
             raise ConfigError("name must be a non-empty string without control characters, "
                               "not %r" % (name,))
+        name = _clean_name(name)  # lone surrogates from a command line become U+FFFD
     source: _Source
     if isinstance(item, (str, os.PathLike)):
         path = os.fspath(item)
         if not isinstance(path, str):
             path = os.fsdecode(path)
-        source = _PathSource(path, name or _clean_name(os.path.basename(path.rstrip("/\\"))))
+        source = _open_path(path, name or _clean_name(os.path.basename(path.rstrip("/\\"))))
     elif isinstance(item, (bytes, bytearray, memoryview)):
         if name is None:
             raise ConfigError("name= is required to upload bytes")
         source = _BytesSource(item, name)
     elif hasattr(item, "read"):
-        if name is None:
-            given = getattr(item, "name", None)
-            if not isinstance(given, str) or given.startswith("<"):
-                raise ConfigError("name= is required for a file object without a file name")
-            name = _clean_name(os.path.basename(given))
-        try:
-            seekable = bool(item.seekable())
-        except (AttributeError, OSError, ValueError):
-            seekable = False
-        source = _StreamSource(item, name) if seekable else _spool(item, name)
+        source = _open_stream(item, name)
     else:
         raise ConfigError("cannot upload a %s: give a path, bytes or a binary file object"
                           % type(item).__name__)
@@ -1050,6 +1326,28 @@ def _open_source(item: Any, name: Optional[str], mime_type: Optional[str]) -> _S
         raise ConfigError("cannot tell the file's name: pass name=")
     source.mime_type = mime_type or _guess_mime(source.name)
     return source
+
+
+class _Throttle:
+    """A bandwidth cap shared by every worker of a Client: each block gets
+    the next free slot on one virtual clock, so the workers together keep
+    to the rate however many there are."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        #: Blocks of about 1/8 s, so progress moves smoothly under a low cap.
+        self.block = max(16 * 1024, min(_BLOCK, int(rate / 8)))
+        self._lock = threading.Lock()  # guards _next
+        self._next = 0.0
+
+    def take(self, nbytes: int, cancel: _Cancel) -> None:
+        """Wait until `nbytes` more may be sent."""
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + nbytes / self.rate
+        if start > now:
+            cancel.wait(start - now)
 
 
 class _Payload:
@@ -1061,30 +1359,36 @@ class _Payload:
     """
 
     def __init__(self, source: _Source, offset: int, length: int, checksum: bool,
-                 progress: Callable[[int], None], cancel: _Cancel) -> None:
+                 progress: Callable[[int], None], cancel: _Cancel,
+                 throttle: Optional[_Throttle]) -> None:
         self.source, self.offset, self.length = source, offset, length
         self.checksum, self.md5 = checksum, None
-        self.progress, self.cancel = progress, cancel
+        self.progress, self.cancel, self.throttle = progress, cancel, throttle
         self.sent = 0
 
     def __len__(self) -> int:
         return self.length
 
-    def send(self, conn: http.client.HTTPConnection) -> None:
-        """Send the whole range from its start: a payload may be sent again
-        on a fresh connection, and must then send the same bytes."""
+    def rewind(self) -> None:
+        """Take back the progress reported for bytes that did not arrive."""
         if self.sent:
             self.progress(-self.sent)
             self.sent = 0
+
+    def send(self, conn: http.client.HTTPConnection) -> None:
+        """Send the whole range from its start: a payload may be sent again
+        on a fresh connection, and must then send the same bytes."""
+        self.rewind()
         self.md5 = _md5() if self.checksum else None
         # Large blocks through sendall, not sendfile: measured on loopback,
         # 1 MiB writes beat socket.sendfile (3460 vs 2784 MiB/s per stream).
+        block = self.throttle.block if self.throttle else _BLOCK
         sock = conn.sock  # connected by endheaders()
         view = self.source.view(self.offset, self.length)
-        buf = None if view is not None else memoryview(bytearray(min(_BLOCK, self.length)))
+        buf = None if view is not None else memoryview(bytearray(min(block, self.length)))
         while self.sent < self.length:
             self.cancel.check()
-            want = min(_BLOCK, self.length - self.sent)
+            want = min(block, self.length - self.sent)
             if view is not None:
                 chunk = view[self.sent:self.sent + want]
             else:
@@ -1096,6 +1400,8 @@ class _Payload:
                 chunk = buf[:n]
             if self.md5 is not None:
                 self.md5.update(chunk)
+            if self.throttle is not None:
+                self.throttle.take(len(chunk), self.cancel)
             sock.sendall(chunk)
             self.sent += len(chunk)
             self.progress(len(chunk))
@@ -1107,6 +1413,85 @@ class _Payload:
 # ---------------------------------------------------------------------------
 # API calls: the files.link calls, each retried; the only code that holds the key
 # ---------------------------------------------------------------------------
+
+
+def _parse_retry_after(value: Optional[str]) -> Optional[float]:
+    """Retry-After as seconds from now: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    import email.utils  # already loaded by http.client
+
+    parsed = email.utils.parsedate_tz(value)
+    if parsed is None:
+        return None
+    return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+
+
+#: A reset above this many seconds is a Unix time, not a delay (the
+#: X-RateLimit-Reset of some servers): about 31 years.
+_EPOCH_RESET = 1e9
+
+
+def _parse_ratelimit(headers: http.client.HTTPMessage) -> Optional[Tuple[int, float]]:
+    """(calls left, seconds to reset) from the IETF RateLimit header fields
+    or their X-RateLimit- forerunners."""
+    left: Optional[str] = None
+    reset: Optional[str] = None
+    combined = headers.get("ratelimit")
+    if combined:
+        found_left = re.search(r"(?:^|[;,\s])r=(\d+)", combined)
+        found_reset = re.search(r"(?:^|[;,\s])t=(\d+)", combined)
+        if found_left and found_reset:
+            left, reset = found_left.group(1), found_reset.group(1)
+    for prefix in ("ratelimit-", "x-ratelimit-"):
+        if left is None:
+            left, reset = headers.get(prefix + "remaining"), headers.get(prefix + "reset")
+    try:
+        calls, seconds = int(left or ""), float(reset or "")
+    except ValueError:
+        return None
+    if seconds > _EPOCH_RESET:
+        seconds -= time.time()
+    return max(0, calls), max(0.0, seconds)
+
+
+class _RateGate:
+    """The API's call budget, shared by every thread of a Client.
+
+    Each response says how many calls are left in the window and when it
+    resets; once none are left, callers wait for the reset instead of
+    spending retries on 429s.
+    """
+
+    def __init__(self) -> None:
+        self._pid = os.getpid()
+        self._lock = threading.Lock()  # guards _left and _reset_at
+        self._left: Optional[int] = None
+        self._reset_at = 0.0
+
+    def reserve(self) -> float:
+        """Take one call from the budget; the seconds to wait before making it."""
+        if os.getpid() != self._pid:  # a forked child: the lock may be held for ever
+            self._pid, self._lock = os.getpid(), threading.Lock()
+        with self._lock:
+            now = time.monotonic()
+            if self._left is None or now >= self._reset_at:
+                self._left = None
+                return 0.0
+            if self._left > 0:
+                self._left -= 1
+                return 0.0
+            return self._reset_at - now
+
+    def update(self, left: int, reset: float) -> None:
+        with self._lock:
+            self._left, self._reset_at = left, time.monotonic() + reset
+
 
 _BAD_ID = re.compile(r"[/?#%\\\s\x00-\x1f\x7f]")
 
@@ -1139,13 +1524,38 @@ def _storage_message(text: str) -> str:
     return _clip(text, 200)
 
 
+def _etag_is_md5(headers: http.client.HTTPMessage) -> bool:
+    """Whether storage's ETag is the MD5 of the body: under SSE-KMS and
+    SSE-C it is 32 hex digits too, but not the MD5 [S3 docs]."""
+    sse = (headers.get("x-amz-server-side-encryption") or "").strip().lower()
+    return not sse.startswith("aws:kms") and \
+        headers.get("x-amz-server-side-encryption-customer-algorithm") is None
+
+
+
+def _index_existing(records: List[Json]) -> Dict[Tuple[str, int], UploadedFile]:
+    """(name, size) -> the file already in a folder listing; of two files
+    with one name and size the first wins: a re-run needs only one."""
+    index: Dict[Tuple[str, int], UploadedFile] = {}
+    for record in records:
+        if not isinstance(record, dict) or record.get("uploaded") is False:
+            continue
+        name, size, file_id = record.get("fileName"), record.get("fileSize"), record.get("id")
+        if isinstance(name, str) and isinstance(size, int) and isinstance(file_id, str):
+            index.setdefault((name, size), UploadedFile(
+                file_id, name, size, str(record.get("mimeType") or _DEFAULT_MIME),
+                str(record.get("s3Key") or ""), skipped=True))
+    return index
+
+
 class _API:
     """The calls an upload is made of, and the one retry loop they share."""
 
     def __init__(self, key: str, base_url: str, transport: _Transport, retry: Retry,
-                 checksum: bool, plain_ok: bool) -> None:
+                 checksum: bool, plain_ok: bool, throttle: Optional[_Throttle]) -> None:
         self._key, self.base_url, self._transport = key, base_url, transport
         self.retry, self.checksum, self.plain_ok = retry, checksum, plain_ok
+        self.throttle = throttle
         self._gate = _RateGate()
 
     # -- the calls an upload is made of
@@ -1178,7 +1588,7 @@ class _API:
                          cancel=cancel)
         raw = data.get("data")
         try:
-            plan = _plan_parts(source.size, raw)
+            plan = _parse_plan(source.size, raw)
             for url in plan.urls:
                 self.check_presigned(url)
         except ProtocolError:
@@ -1196,15 +1606,34 @@ class _API:
         body["parts"] = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
         self.call("POST", _ROUTES["complete"], body, cancel=cancel)
 
-    def abort(self, ids: Json, timeout: Optional[float] = None) -> None:
+    def abort(self, ids: Json, timeout: Optional[float] = None) -> Optional[str]:
         """Best effort: an unaborted multipart upload keeps storage billed.
-        A timeout means Ctrl-C: one short try, so the user is not kept waiting."""
+        A timeout means Ctrl-C: one short try, so the user is not kept
+        waiting.  None when aborted, else why it could not be."""
         try:
             self.call("POST", _ROUTES["abort"], ids, attempts=1 if timeout else None,
                       timeout=timeout)
-            _log(_INFO, "aborted multipart upload %s", ids.get("uploadId"))
         except (FilesLinkError, _Cancelled) as exc:
-            _log(_WARNING, "could not abort multipart upload %s: %s", ids.get("uploadId"), exc)
+            reason = str(exc) or "cancelled"
+            _log(_WARNING, "could not abort multipart upload %s: %s", ids.get("uploadId"), reason)
+            return reason
+        _log(_INFO, "aborted multipart upload %s", ids.get("uploadId"))
+        return None
+
+    def list_files(self, folder: str) -> List[Json]:
+        data = self.call("GET", _ROUTES["folder_files"].format(folder))
+        files = _pick(data, "listing")
+        if not isinstance(files, list):
+            raise ProtocolError("GET folder files: no list of files in the response")
+        return files
+
+    def link(self, file_id: str) -> str:
+        """Create a permanent public link; its full URL."""
+        data = self.call("POST", _ROUTES["link"], {"fileId": _check_id(file_id, "file id")})
+        link = _need_str(data, "link", "POST /v1/p")
+        if link.startswith(("http://", "https://")):
+            return link
+        return self.base_url + _ROUTES["public"].format(urllib.parse.quote(link, safe=""))
 
     def check_presigned(self, url: str) -> None:
         """Refuse, before any I/O, a presigned URL we must not send a file to."""
@@ -1216,7 +1645,7 @@ class _API:
             raise ProtocolError("the presigned URL is malformed") from None
         if scheme not in ("http", "https") or not host or _CONTROL.search(url) or " " in url:
             raise ProtocolError("the presigned URL %s is not an http(s) URL with a host"
-                                % _clip(_where(url), 100))
+                                % _clip(_unsigned_url(url), 100))
         if scheme == "http" and not self.plain_ok:
             raise ProtocolError("refusing to send file bytes unencrypted to %s (the presigned "
                                 "URL is plain http)" % host)
@@ -1228,23 +1657,44 @@ class _API:
         """Call attempt(n) until it returns, a non-retryable error, or the
         tries run out. The one retry loop of the module."""
         total = attempts or self.retry.attempts
-        for n in range(1, total + 1):
+        n = 1
+        while True:
             try:
                 return attempt(n)
             except _Retryable as failure:
-                wait_long = failure.retry_after is not None and failure.retry_after > _MAX_RETRY_AFTER
-                if n >= total or wait_long:
-                    raise failure.error from failure.__cause__
+                error = failure.error
+                too_long = failure.retry_after is not None and failure.retry_after > _MAX_WAIT
+                if n >= total or too_long:
+                    if n > 1:  # str() of our errors is args[0]
+                        error.args = ("%s (gave up after %d tries)" % (error, n),)
+                    raise error from failure.__cause__
                 delay = self.retry.delay(n, failure.retry_after)
-                _log(_DEBUG, "%s: %s; try %d of %d in %.2fs", what, failure.error, n + 1,
-                     total, delay)
+                _log(_INFO, "%s: %s; try %d of %d in %.2f s", what, error, n + 1, total, delay)
                 cancel.wait(delay)
-        raise AssertionError("unreachable")
+                n += 1
+
+    def _lost(self, what: str, exc: BaseException, cancel: _Cancel,
+              error: Callable[[str], FilesLinkError]) -> BaseException:
+        """What a failed exchange means: the run was stopped, a failure
+        another try may fix, or (a refused certificate) one it cannot."""
+        if cancel.is_set():
+            return _Cancelled()
+        text, transient = _network_error(what, exc)
+        failure = error(self.redact(text))
+        return _Retryable(failure) if transient else failure
 
     def call(self, method: str, path: str, payload: Optional[Json] = None, *,
              cancel: _Cancel = _NEVER, attempts: Optional[int] = None,
-             timeout: Optional[float] = None) -> Json:
-        """One API call, retried; its decoded JSON object."""
+             timeout: Optional[float] = None, repeatable: bool = True) -> Json:
+        """One API call, retried; its decoded JSON object.
+
+        Whether a call may be sent again when its answer was lost after the
+        request went out (`repeatable`): GETs and DELETEs may; so may
+        presign (a row left unconfirmed stays invisible), initiate (an
+        empty multipart upload, which storage expires), confirm, complete,
+        abort and link (the same ids give the same state). Creating a
+        folder or a project may not: a second one would show.
+        """
         import json
 
         body = None if payload is None else json.dumps(payload).encode("utf-8")
@@ -1257,7 +1707,10 @@ class _API:
         def attempt(n: int) -> Json:
             wait = self._gate.reserve()
             while wait > 0:
-                _log(_DEBUG, "%s: rate limit budget spent; waiting %.2fs", what, wait)
+                if wait > _MAX_WAIT:
+                    raise RateLimitError("%s: the API's rate limit resets in %.0f s, longer "
+                                         "than the %.0f s fileslink waits" % (what, wait, _MAX_WAIT))
+                _log(_INFO, "%s: rate limit budget spent; waiting %.2f s", what, wait)
                 cancel.wait(wait)
                 wait = self._gate.reserve()
             started = time.monotonic()
@@ -1265,23 +1718,26 @@ class _API:
                 resp = self._transport.exchange(method, self.base_url + path, headers, body,
                                                 cancel=cancel, max_body=_MAX_BODY, timeout=timeout)
             except (OSError, http.client.HTTPException) as exc:
-                if cancel.is_set():
-                    raise _Cancelled() from None
-                text, transient = _network_error(what, self.base_url, exc)
-                error = APIError(self.redact(text))
-                if not transient:  # the same certificate will be refused again
-                    raise error from exc
-                raise _Retryable(error) from exc
-            _log(_DEBUG, "%s -> %d (try %d, %.3fs)", what, resp.status, n,
+                failure = self._lost(what, exc, cancel, APIError)
+                if isinstance(failure, _Retryable) and not (
+                        repeatable or isinstance(exc, _ConnectFailed)):
+                    failure = APIError("%s; it may have been carried out: look before trying "
+                                       "again" % failure.error)
+                raise failure from exc
+            _log(_INFO, "%s -> %d (try %d, %.3f s)", what, resp.status, n,
                  time.monotonic() - started)
             limit = _parse_ratelimit(resp.headers)
             if limit is not None:
                 self._gate.update(*limit)
-            return self.judge(what, resp)
+            retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
+            if resp.status == 429 and retry_after is not None:
+                self._gate.update(0, retry_after)
+            return self.interpret(what, resp, retry_after, repeatable)
 
         return self.retrying(attempt, what, cancel, attempts)
 
-    def judge(self, what: str, resp: _Response) -> Json:
+    def interpret(self, what: str, resp: _Response, retry_after: Optional[float],
+                  repeatable: bool) -> Json:
         """The JSON of a good answer; otherwise the error it means."""
         import json
 
@@ -1316,10 +1772,8 @@ class _API:
             cls = RateLimitError
         error = cls("%s: %d %s: %s" % (what, status, resp.reason, detail), status, message,
                     text[:_MAX_ERROR_BODY])
-        if status in _RETRY_STATUSES:
-            retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
-            if status == 429 and retry_after is not None:
-                self._gate.update(0, retry_after)
+        # A 429 was refused unread; any other error status may have been acted on.
+        if status in _RETRY_STATUSES and (repeatable or status == 429):
             raise _Retryable(error, retry_after)
         raise error
 
@@ -1327,219 +1781,680 @@ class _API:
         """A hostile or careless server may echo the key back: never pass it on."""
         return text.replace(self._key, "***") if self._key in text else text
 
-    def put(self, url: str, source: _Source, offset: int, length: int, part: int,
+    def put(self, url: str, source: _Source, offset: int, length: int, part: Optional[int],
             progress: Callable[[int], None], cancel: _Cancel) -> str:
         """PUT bytes [offset, offset + length) of source to a presigned URL,
         retried (each try re-reads from offset); the ETag, quotes included.
 
         Raises _Expired for an expired URL: only the caller can get a new one.
         """
-        label = "part %d of %s" % (part, source.name) if part else source.name
-        what = "PUT %s" % label
+        what = "PUT %s" % ("part %d of %s" % (part, source.name) if part else source.name)
         headers = {"Content-Type": source.mime_type, "User-Agent": _USER_AGENT}
 
         def attempt(n: int) -> str:
-            payload = _Payload(source, offset, length, self.checksum, progress, cancel)
-            started = time.monotonic()
+            payload = _Payload(source, offset, length, self.checksum, progress, cancel,
+                               self.throttle)
             try:
-                resp = self._transport.exchange("PUT", url, headers, payload, cancel=cancel)
-            except (OSError, http.client.HTTPException, _Cancelled) as exc:
-                progress(-payload.sent)
-                if cancel.is_set():
-                    raise _Cancelled() from None
-                text, transient = _network_error(what, _where(url), exc)
-                error = TransferError(text, None, part or None)
-                if not transient:
-                    raise error from exc
-                raise _Retryable(error) from exc
-            except SourceChangedError:
-                progress(-payload.sent)
+                return self._put_once(what, url, headers, payload, part, n)
+            except BaseException:
+                payload.rewind()  # the one place a failed try takes its progress back
                 raise
-            _log(_DEBUG, "%s to %s -> %d (try %d, %.3fs)", what, _where(url), resp.status, n,
-                 time.monotonic() - started)
-            etag = resp.headers.get("ETag")
-            if 200 <= resp.status < 300:
-                if etag is not None and _CONTROL.search(etag):
-                    raise ProtocolError("%s: storage sent an ETag with control characters" % what)
-                sent = payload.hexdigest()
-                if sent and etag and _PLAIN_MD5.match(etag) and etag[1:-1].lower() != sent:
-                    progress(-payload.sent)
-                    raise _Retryable(TransferError(
-                        "%s: storage reports MD5 %s, the bytes sent have MD5 %s"
-                        % (what, etag[1:-1].lower(), sent), resp.status, part or None))
-                if part and not etag:
-                    raise ProtocolError("%s: storage answered without an ETag" % what)
-                return etag or ""
-            progress(-payload.sent)
-            text = resp.text()
-            if resp.status == 403 and "expired" in text.lower():
-                raise _Expired()
-            error = TransferError("%s to %s: %d %s: %s" % (
-                what, _where(url), resp.status, resp.reason,
-                _unsigned(_storage_message(text), url)), resp.status, part or None)
-            if resp.status in _RETRY_STATUSES:
-                raise _Retryable(error, _parse_retry_after(resp.headers.get("Retry-After")))
-            raise error
 
         return self.retrying(attempt, what, cancel)
 
-    def link_uploaded(self, name: str, file_id: str) -> str:
-        """link() for a file just uploaded: an error must say the bytes are there."""
+    def _put_once(self, what: str, url: str, headers: Dict[str, str], payload: _Payload,
+                  part: Optional[int], n: int) -> str:
+        started = time.monotonic()
         try:
-            return self.link(file_id)
-        except (AuthError, _Cancelled):
-            raise
-        except FilesLinkError as exc:
-            raise APIError("%s was uploaded (id %s) but its link was not created: %s"
-                           % (name, file_id, exc), getattr(exc, "status", None)) from exc
+            resp = self._transport.exchange("PUT", url, headers, payload, cancel=payload.cancel)
+        except (OSError, http.client.HTTPException, _Cancelled) as exc:
+            raise self._lost("%s to %s" % (what, _unsigned_url(url)), exc, payload.cancel,
+                             lambda text: TransferError(text, None, part)) from exc
+        _log(_DEBUG, "%s to %s -> %d (try %d, %.3f s)", what, _unsigned_url(url), resp.status, n,
+             time.monotonic() - started)
+        etag = resp.headers.get("ETag")
+        if 200 <= resp.status < 300:
+            if etag is not None and _CONTROL.search(etag):
+                raise ProtocolError("%s: storage sent an ETag with control characters" % what)
+            if part and not etag:
+                raise ProtocolError("%s: storage answered without an ETag" % what)
+            self._check_etag(what, etag, payload, resp, part)
+            return etag or ""
+        text = resp.text()
+        if resp.status == 403 and "expired" in text.lower():
+            raise _Expired()
+        error = TransferError("%s to %s: %d %s: %s" % (
+            what, _unsigned_url(url), resp.status, resp.reason,
+            _unsigned_text(_storage_message(text), url)), resp.status, part)
+        if resp.status in _RETRY_STATUSES:
+            raise _Retryable(error, _parse_retry_after(resp.headers.get("Retry-After")))
+        raise error
 
-    def link(self, file_id: str) -> str:
-        """Create a permanent public link; its full URL."""
-        data = self.call("POST", _ROUTES["link"], {"fileId": _check_id(file_id, "file id")})
-        link = _need_str(data, "link", "POST /v1/p")
-        if link.startswith(("http://", "https://")):
-            return link
-        return self.base_url + _ROUTES["public"].format(urllib.parse.quote(link, safe=""))
+    def _check_etag(self, what: str, etag: Optional[str], payload: _Payload,
+                    resp: _Response, part: Optional[int]) -> None:
+        """Compare storage's ETag with the MD5 of the bytes sent, where the
+        ETag is an MD5 at all; a mismatch is worth another try."""
+        sent = payload.hexdigest()
+        if not (sent and etag and _PLAIN_MD5.match(etag)):
+            return
+        if not _etag_is_md5(resp.headers):
+            _log(_DEBUG, "%s: ETag not compared: storage encrypts with SSE-KMS or SSE-C", what)
+            return
+        if etag[1:-1].lower() != sent:
+            raise _Retryable(TransferError(
+                "%s: storage reports MD5 %s, the bytes sent have MD5 %s; if this storage's "
+                "ETags are not MD5s, upload with checksum=False (--no-checksum)"
+                % (what, etag[1:-1].lower(), sent), resp.status, part))
+
+
+# ---------------------------------------------------------------------------
+# Journal: resumable multipart uploads on disk
+# ---------------------------------------------------------------------------
+#
+# A resumable upload is three files in the state directory, named by a hash
+# of (base URL, folder, absolute path) so that running it again finds them:
+#   NAME.json   the record (ids, plan, part URLs, source identity): written
+#               once, when the upload is initiated;
+#   NAME.parts  a header naming the upload, then one line per part stored,
+#               appended and fsynced after that part's 2xx;
+#   NAME.lock   held by the one process working on the upload.
+# Rewriting the record for every part would write O(parts^2) bytes: for
+# 10,000 parts of ~480-byte URLs, ~52 GB in ~12 minutes of fsynced rewrites
+# (measured: 70 ms each). Appending writes ~60 bytes and one fsync a part.
+# Part URLs are write credentials: the directory is 0700, the files 0600.
+
+#: A journal's record file: NAME is 32 hex digits.
+_JOURNAL_FILE = re.compile(r"^([0-9a-f]{32})\.json$")
+#: What a record holds, and the types load() insists on. create() refuses any
+#: other field, so nothing else (the API key above all) can reach the disk.
+_RECORD_FIELDS: Dict[str, Any] = {
+    "version": int, "base_url": str, "folder_id": str, "file_id": str, "upload_id": str,
+    "key": str, "bucket": (str, type(None)), "name": str, "mime_type": str, "size": int,
+    "part_size": int, "parts": list, "source": dict, "created": (int, float),
+}
+#: Windows opens files in text mode unless told otherwise.
+_O_BINARY = getattr(os, "O_BINARY", 0)
+
+
+def _state_dir(environ: Any = os.environ) -> str:
+    """Where journals live: $FILESLINK_STATE_DIR, else the user's cache directory."""
+    chosen: str = environ.get(_ENV_STATE_DIR) or ""
+    if chosen:
+        return os.path.abspath(os.path.expanduser(chosen))
+    if os.name == "nt":
+        base = environ.get("LOCALAPPDATA") or os.path.expanduser(r"~\AppData\Local")
+    else:
+        base = environ.get("XDG_CACHE_HOME", "")
+        if not os.path.isabs(base):  # the XDG spec: a relative path is to be ignored
+            base = os.path.join(environ.get("HOME") or os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "fileslink")
+
+
+def _source_identity(path: str) -> Json:
+    """What tells, on resume, that a file is still the one the upload began with.
+
+    Size, mtime_ns and inode catch nearly every change; a digest of the first
+    and last MiB catches a rewrite that kept them (a tool that restores
+    mtimes), while reading at most 2 MiB whatever the file's size.
+    """
+    import hashlib
+
+    path = os.path.abspath(path)
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        st = os.fstat(f.fileno())
+        digest.update(f.read(_IDENTITY_SPAN))
+        if st.st_size > 2 * _IDENTITY_SPAN:
+            f.seek(st.st_size - _IDENTITY_SPAN)
+        digest.update(f.read(_IDENTITY_SPAN))  # a small file: the rest of it
+    return {"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "inode": st.st_ino, "dev": st.st_dev, "digest": digest.hexdigest()}
+
+
+def _journal_record(base_url: str, folder_id: str, identity: Json, *, file_id: str,
+                    upload_id: str, key: str, bucket: Optional[str], name: str,
+                    mime_type: str, size: int, part_size: int, urls: Sequence[str],
+                    now: float) -> Json:
+    """The record of an upload just initiated, for _Journal.create()."""
+    return {"version": _JOURNAL_VERSION, "base_url": base_url, "folder_id": folder_id,
+            "file_id": file_id, "upload_id": upload_id, "key": key, "bucket": bucket,
+            "name": name, "mime_type": mime_type, "size": size, "part_size": part_size,
+            "parts": [{"url": url, "expires": _url_expiry(url)} for url in urls],
+            "source": identity, "created": now}
+
+
+def _record_problem(record: Any) -> Optional[str]:
+    """What is wrong with a record, or None: a hand-edited or foreign journal
+    must read as absent, not fail the engine halfway through."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    for field, kind in _RECORD_FIELDS.items():
+        if not isinstance(record.get(field), kind) or isinstance(record.get(field), bool):
+            return "`%s` missing or not %s" % (field, getattr(kind, "__name__", kind))
+    if record["version"] != _JOURNAL_VERSION:
+        return "format %r, not %d" % (record["version"], _JOURNAL_VERSION)
+    if not all(isinstance(p, dict) and isinstance(p.get("url"), str) for p in record["parts"]):
+        return "a part without a URL"
+    if not isinstance(record["source"].get("path"), str):
+        return "no source path"
+    return None
+
+
+def _next_expiry(record: Json) -> Optional[float]:
+    """When the first URL of a part still to send dies (None: none says)."""
+    etags = record["etags"]
+    times = [part.get("expires") for number, part in enumerate(record["parts"], 1)
+             if number not in etags]
+    known = [t for t in times if isinstance(t, (int, float))]
+    return min(known) if known else None
+
+
+def _record_plan(record: Json) -> _Plan:
+    """The multipart upload a journal record describes."""
+    return _Plan(record["file_id"], record["upload_id"], record["key"], record["bucket"],
+                 record["size"], record["part_size"], [p["url"] for p in record["parts"]])
+
+
+def _pending(record: Json) -> PendingUpload:
+    """A loaded record as `fileslink pending` shows it."""
+    return PendingUpload(record["file_id"], record["name"], record["size"],
+                         len(record["etags"]), len(record["parts"]), _next_expiry(record),
+                         record["folder_id"], record["source"]["path"])
+
+
+def _duration(seconds: float) -> str:
+    seconds = abs(seconds)
+    if seconds < 120:
+        return "%d s" % seconds
+    if seconds < 7200:
+        return "%d min" % (seconds // 60)
+    return "%.1f h" % (seconds / 3600)
+
+
+def _resume_check(record: Json, base_url: str, folder_id: str, identity: Json,
+                  now: float) -> Optional[str]:
+    """None if the journaled upload may be continued, else why not (one line)."""
+    if record["base_url"] != base_url:
+        return "it was started against %s, not %s" % (record["base_url"], base_url)
+    if record["folder_id"] != folder_id:
+        return "it was started in folder %s, not %s" % (record["folder_id"], folder_id)
+    was = record["source"]
+    if was.get("size") != identity["size"]:
+        return "the file changed since the upload began (size %s -> %d)" % (
+            was.get("size"), identity["size"])
+    # Not st_dev: device numbers may change across reboots (removable and
+    # network disks), and inode + mtime + digest already name the file.
+    for field, what in (("inode", "replaced: another inode"), ("mtime_ns", "modified"),
+                        ("digest", "its start or end differs")):
+        if was.get(field) != identity[field]:
+            return "the file changed since the upload began (%s)" % what
+    expires = _next_expiry(record)
+    if expires is not None and expires - now < _RESUME_MARGIN:
+        left = len(record["parts"]) - len(record["etags"])
+        when = ("expired %s ago" % _duration(now - expires) if expires <= now
+                else "expire in %s" % _duration(expires - now))
+        return "the URLs of its %d part%s left %s" % (left, "" if left == 1 else "s", when)
+    return None
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """Replace `path` by `data`: a crash leaves the old file or the new, never half."""
+    import tempfile
+
+    directory = os.path.dirname(path)
+    # mkstemp creates the file 0600, whatever the umask: it holds part URLs.
+    fd, temp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
+                                dir=directory)
+    try:
+        with open(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        _unlink(temp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+    """Make a rename or a removal durable: on POSIX it lives in the directory."""
+    if os.name == "nt":  # a directory cannot be opened; NTFS journals its metadata
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _prepare_state_dir(directory: str) -> None:
+    """Make the state directory (0700) and prove it writable, so that --resume
+    fails before any API call rather than after the first part.
+
+    An existing directory keeps its mode: it may be one the user chose, /tmp.
+    """
+    import tempfile
+
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = "not a directory" if isinstance(exc, FileExistsError) else (
+            exc.strerror or str(exc))
+        raise ConfigError("cannot keep resumable-upload journals in %s (%s); set %s to a "
+                          "writable directory (on AWS Lambda: one under /tmp)"
+                          % (directory, reason, _ENV_STATE_DIR)) from exc
+
+
+def _try_lock(fd: int) -> bool:
+    """An exclusive lock on the open file `fd`, if no one else holds one."""
+    if sys.platform == "win32":
+        import msvcrt
+
+        try:  # one byte at offset 0 (never written: the pid starts at 1)
+            os.lseek(fd, 0, os.SEEK_SET)
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        except OSError:
+            return False
+        return True
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def _lock_journal(path: str, what: str) -> int:
+    """The descriptor of `path`, locked; ConfigError if another process holds it.
+
+    remove() deletes the lock file. A process that opened it just before
+    would lock a file no longer there, so a lock counts only if the file
+    locked is still the one at `path`.
+    """
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o600)
+        try:
+            try:
+                locked = _try_lock(fd)
+            except OSError as exc:  # ENOLCK: a network file system without locks
+                raise ConfigError("cannot lock %s (%s); set %s to a local directory"
+                                  % (path, exc.strerror or exc, _ENV_STATE_DIR)) from exc
+            if not locked:
+                os.lseek(fd, 1, os.SEEK_SET)
+                pid = os.read(fd, 20).strip().decode("ascii", "replace") or "unknown"
+                raise ConfigError("%s is being uploaded by another fileslink process (pid %s)"
+                                  % (what, pid))
+            st = os.fstat(fd)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+            if current is not None and (current.st_ino, current.st_dev) == (
+                    st.st_ino, st.st_dev):
+                os.lseek(fd, 1, os.SEEK_SET)
+                os.write(fd, b"%-19d\n" % os.getpid())  # for the refusal message
+                return fd
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
+
+
+def _open_parts_log(path: str) -> int:
+    """The parts log, opened to append, cut back to its last whole line: a
+    crash mid-append leaves a torn line that would swallow the next record."""
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | _O_BINARY)
+    try:
+        size = os.fstat(fd).st_size
+        start = max(0, size - 4096)  # a line is under 300 bytes
+        os.lseek(fd, start, os.SEEK_SET)
+        tail = os.read(fd, size - start)
+        if tail and not tail.endswith(b"\n") and b"\n" in tail:
+            os.ftruncate(fd, start + tail.rindex(b"\n") + 1)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _json_line(line: bytes) -> Any:
+    import json
+
+    try:
+        return json.loads(line)
+    except ValueError:  # torn by a crash, or garbage: that part is sent again
+        return None
+
+
+def _read_parts(path: str, record: Json) -> Dict[int, str]:
+    """{part number: ETag} of the parts the log says are stored."""
+    try:
+        with open(path, "rb") as f:
+            lines = f.read().split(b"\n")[:-1]  # the last, unterminated, is torn
+    except FileNotFoundError:
+        return {}
+    if not lines or _json_line(lines[0]) != {"upload_id": record["upload_id"]}:
+        return {}  # the log of an earlier upload: create() crashed halfway
+    etags: Dict[int, str] = {}
+    for line in lines[1:]:
+        entry = _json_line(line)
+        if isinstance(entry, dict):
+            number, etag = entry.get("n"), entry.get("etag")
+            if isinstance(number, int) and 1 <= number <= len(record["parts"]) and isinstance(
+                    etag, str):
+                etags[number] = etag
+    return etags
+
+
+def _read_journal(directory: str, name: str) -> Optional[Json]:
+    """A journal's record with its `etags`, or None (absent, or unreadable)."""
+    import json
+
+    path = os.path.join(directory, name + ".json")
+    try:
+        with open(path, "rb") as f:
+            record = json.loads(f.read())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        _log(_DEBUG, "ignoring the journal %s: %s", path, exc)
+        return None
+    problem = _record_problem(record)
+    if problem is not None:
+        _log(_DEBUG, "ignoring the journal %s: %s", path, problem)
+        return None
+    journal: Json = record
+    journal["etags"] = _read_parts(os.path.join(directory, name + ".parts"), journal)
+    return journal
+
+
+class _Journal:
+    """The journal of one resumable upload, held under an exclusive lock.
+
+    open() locks (or refuses); load() reads; create(), add_part() and remove()
+    write, each durably before it returns; close() unlocks.
+    """
+
+    def __init__(self, directory: str, name: str, lock_fd: int) -> None:
+        self.directory, self.name = directory, name
+        self._lock_fd: Optional[int] = lock_fd
+        self._log_fd: Optional[int] = None
+        # Guards _log_fd: add_part() runs on worker threads, and two appends
+        # must not interleave, nor close() close the log under one.
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, directory: str, base_url: str, folder_id: str, path: str) -> _Journal:
+        """The journal of uploading `path` to `folder_id` at `base_url`, locked.
+
+        Raises ConfigError if the directory cannot hold journals, or if another
+        process is working on this upload.
+        """
+        import hashlib
+        import json
+
+        directory = os.path.abspath(directory)
+        path = os.path.abspath(path)
+        _prepare_state_dir(directory)
+        key = json.dumps([base_url, folder_id, path]).encode("utf-8", "surrogatepass")
+        name = hashlib.sha256(key).hexdigest()[:32]
+        journal = cls(directory, name, _lock_journal(os.path.join(directory, name + ".lock"),
+                                                     path))
+        journal._sweep()
+        return journal
+
+    @classmethod
+    def _scan(cls, directory: str) -> List[Tuple[str, Json]]:
+        try:
+            names = sorted(os.listdir(directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = []
+        for filename in names:
+            match = _JOURNAL_FILE.match(filename)
+            if match:
+                record = _read_journal(directory, match.group(1))
+                if record is not None:
+                    found.append((match.group(1), record))
+        return found
+
+    @classmethod
+    def entries(cls, directory: str) -> List[Json]:
+        """Every journal in `directory`, loaded without locking (for `pending`)."""
+        return [record for _, record in cls._scan(directory)]
+
+    @classmethod
+    def claim(cls, directory: str, file_id: str) -> Optional[_Journal]:
+        """The journal of file `file_id`, locked (for abort), or None if none.
+
+        Raises ConfigError if a process is uploading it right now.
+        """
+        directory = os.path.abspath(directory)
+        for name, record in cls._scan(directory):
+            if record["file_id"] == file_id:
+                lock = _lock_journal(os.path.join(directory, name + ".lock"),
+                                     record["source"]["path"])
+                journal = cls(directory, name, lock)
+                again = journal.load()  # it may have completed before we locked it
+                if again is not None and again["file_id"] == file_id:
+                    return journal
+                journal.close()
+        return None
+
+    def _path(self, suffix: str) -> str:
+        return os.path.join(self.directory, self.name + suffix)
+
+    def _sweep(self) -> None:
+        """Remove the temp files a crash left between write and rename."""
+        for filename in os.listdir(self.directory):
+            if filename.startswith(self.name + ".") and filename.endswith(".tmp"):
+                _unlink(os.path.join(self.directory, filename))
+
+    def load(self) -> Optional[Json]:
+        """The record, with `etags` ({part number: ETag} of the parts stored),
+        or None if there is none (or it is corrupt: a DEBUG log says so)."""
+        return _read_journal(self.directory, self.name)
+
+    def create(self, record: Json) -> None:
+        """Start the journal of an upload just initiated (see _journal_record)."""
+        import json
+
+        if set(record) != set(_RECORD_FIELDS) or _record_problem(record):
+            raise ValueError("not a journal record: %s" % (
+                _record_problem(record) or "fields %s" % sorted(set(record) ^ set(_RECORD_FIELDS))))
+        header = json.dumps({"upload_id": record["upload_id"]}).encode() + b"\n"
+        with self._lock:
+            self._close_log()
+            # The parts log first: a crash between the two writes leaves the old
+            # record beside a log that names another upload, which load() ignores.
+            _write_atomic(self._path(".parts"), header)
+            _write_atomic(self._path(".json"), json.dumps(record).encode())
+
+    def add_part(self, number: int, etag: str) -> None:
+        """Record part `number` as stored: call it after the part's 2xx, and
+        count the part done only once it returns. OSError if the disk refuses."""
+        import json
+
+        line = json.dumps({"n": number, "etag": etag}).encode() + b"\n"
+        with self._lock:
+            if self._log_fd is None:
+                self._log_fd = _open_parts_log(self._path(".parts"))
+            try:
+                written = 0
+                while written < len(line):
+                    written += os.write(self._log_fd, line[written:])
+                os.fsync(self._log_fd)
+            except OSError:
+                self._close_log()  # reopening cuts off what was half written
+                raise
+
+    def remove(self) -> None:
+        """Delete the journal (the upload completed or was aborted); keep the
+        lock until close()."""
+        with self._lock:
+            self._close_log()
+            _unlink(self._path(".json"))  # first: the rest means nothing without it
+            _unlink(self._path(".parts"))
+            self._sweep()
+            _fsync_dir(self.directory)
+            if os.name != "nt":  # Windows cannot remove an open file: it stays, empty
+                _unlink(self._path(".lock"))
+
+    def _close_log(self) -> None:
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
+
+    def close(self) -> None:
+        """Release the lock; the journal stays on disk unless removed."""
+        with self._lock:
+            self._close_log()
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # closing it releases the lock
+                self._lock_fd = None
+
+    def __enter__(self) -> _Journal:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 # ---------------------------------------------------------------------------
 # Engine: the jobs of one upload, and the coordinator that runs them
 # ---------------------------------------------------------------------------
 
-class _Plan:
-    """A multipart upload as initiated: ids and the part URLs, in order."""
 
-    __slots__ = ("file_id", "upload_id", "key", "bucket", "size", "part_size", "urls")
-
-    def __init__(self, file_id: str, upload_id: str, key: str, bucket: Optional[str],
-                 size: int, part_size: int, urls: List[str]) -> None:
-        self.file_id, self.upload_id, self.key, self.bucket = file_id, upload_id, key, bucket
-        self.size, self.part_size, self.urls = size, part_size, urls
-
-    def span(self, number: int) -> Tuple[int, int]:
-        """(offset, length) of part `number` (1-based)."""
-        offset = (number - 1) * self.part_size
-        return offset, min(self.part_size, self.size - offset)
-
-    def ids(self) -> Json:
-        ids: Json = {"key": self.key, "uploadId": self.upload_id, "fileId": self.file_id}
-        if self.bucket is not None:
-            ids["bucket"] = self.bucket
-        return ids
+#: What _abort returns for an upload left open, journaled, to be resumed.
+_KEPT = "kept to be resumed"
 
 
-def _plan_parts(size: int, data: Any) -> _Plan:
-    """Read an initiate response's `data` tolerantly and check its part plan.
+def _fd_room(workers: int, batch_size: int) -> int:
+    """Workers the open-file limit leaves room for. Each may hold a socket
+    and an idle one, and a file or two admitted ahead of it; a batch of
+    small files is open while it is presigned."""
+    try:
+        import resource
 
-    Raises ProtocolError naming the keys it saw when it cannot make sense of it.
-    """
-    if not isinstance(data, dict):
-        raise ProtocolError("multipart initiate: `data` is not an object: %s" % _clip(repr(data)))
-    seen = ", ".join(sorted(map(str, data))) or "none"
-    file_id, upload_id = _pick(data, "file_id"), _pick(data, "upload_id")
-    raw_parts = _pick(data, "parts")
-    if not isinstance(file_id, str) or not isinstance(upload_id, str) or not isinstance(
-            raw_parts, list) or not raw_parts:
-        raise ProtocolError("multipart initiate: need a file id, an upload id and part URLs; "
-                            "keys seen: %s" % seen)
-    numbered = []
-    for position, item in enumerate(raw_parts, 1):
-        if isinstance(item, str):
-            numbered.append((position, item))
-        elif isinstance(item, dict) and isinstance(_pick(item, "part_url"), str):
-            number = _pick(item, "part_number", position)
-            if not isinstance(number, int) or isinstance(number, bool):
-                raise ProtocolError("multipart initiate: part number %r is not an integer" % (number,))
-            numbered.append((number, _pick(item, "part_url")))
-        else:
-            raise ProtocolError("multipart initiate: part %d has no URL; keys seen: %s" % (
-                position, ", ".join(sorted(item)) if isinstance(item, dict) else type(item).__name__))
-    numbered.sort()
-    count = len(numbered)
-    if [n for n, _ in numbered] != list(range(1, count + 1)):
-        raise ProtocolError("multipart initiate: part numbers are not 1..%d" % count)
-    if count > _MAX_PARTS:
-        raise ProtocolError("multipart initiate: %d parts; object storage allows %d"
-                            % (count, _MAX_PARTS))
-    part_size = _pick(data, "part_size") or -(-size // count)
-    if not isinstance(part_size, int) or part_size < 1 or -(-size // part_size) != count:
-        raise ProtocolError("multipart initiate: %d parts of %r bytes do not cover %d bytes"
-                            % (count, part_size, size))
-    key, bucket = _pick(data, "key", ""), _pick(data, "bucket")
-    return _Plan(file_id, upload_id, str(key), None if bucket is None else str(bucket),
-                 size, part_size, [url for _, url in numbered])
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return workers  # no such limit here (Windows)
+    if soft == resource.RLIM_INFINITY:
+        return workers
+    try:
+        used = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        used = _SPARE_FDS
+    room = max(1, (soft - used - _SPARE_FDS - batch_size) // 4)
+    if room < workers:
+        _log(_INFO, "max_workers %d capped to %d: the open-file limit (RLIMIT_NOFILE) is %d",
+             workers, room, soft)
+    return min(workers, room)
 
 
 class _Job:
-    """One file of a run: where it goes, how far it got, how it ended."""
+    """One file of a transfer: where it goes, how far it got, how it ended."""
 
-    def __init__(self, index: int, source: _Source, run: _Run) -> None:
-        self.index, self.source, self.run = index, source, run
-        self.cancel = _Cancel(run.cancel)
-        self.multipart = run.goes_multipart(source)
+    def __init__(self, index: int, source: _Source, cancel: _Cancel,
+                 progress: Optional[Progress], multipart: bool) -> None:
+        self.index, self.source, self.multipart = index, source, multipart
+        self.cancel = _Cancel(cancel)
         self.file_id = self.url = self.s3_key = ""
         self.plan: Optional[_Plan] = None
         self.etags: Dict[int, str] = {}
-        self.next_part = 1
-        self.inflight = 0
+        #: Parts (or, for a single PUT, [None]) not yet handed to a worker.
+        self.todo: Deque[Optional[int]] = collections.deque([None])
+        self.inflight = 0  # tasks handed to a worker and not yet reaped
         self.error: Optional[BaseException] = None
-        self.batch: Optional[List[_Job]] = None
+        self.batch: List[_Job] = []  # presigned (and so confirmed) together
+        self.initiated = 0.0  # when the part URLs were handed out (monotonic)
+        self.expired_tries = 0
+        #: Parts handed out before any part was stored: if one of them meets an
+        #: expired URL, the URLs were dead on arrival (a clock skew, a stall).
+        self.early: Set[Optional[int]] = set()
+        self.restart = False  # its part URLs expired early: initiate again once idle
+        self.expired_for_good = False
+        self.journal: Optional[_Journal] = None  # with resume on, for a path
+        self.warned = False
+        self._progress = progress
         self._sent = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _sent: parts report from many workers
 
     def add_progress(self, delta: int) -> None:
-        callback = self.run.progress
         with self._lock:
             self._sent += delta
-            if callback is not None:
-                callback(self.source.name, self._sent, self.source.size)
+            sent = self._sent
+        if self._progress is not None:  # outside the lock: a slow callback must not serialize
+            self._progress(self.source.name, sent, self.source.size)
 
-    def tasks_total(self) -> int:
-        return len(self.plan.urls) if self.plan is not None else 1
+    def sent(self) -> int:
+        with self._lock:
+            return self._sent
 
 
-class _Run:
-    """One upload_many() (or one multipart upload()).
+class _Transfer:
+    """One upload_many() (or upload()).
 
-    The caller's thread coordinates: it presigns a batch just before the
-    workers would run dry, hands PUTs (whole files or parts) to a thread
-    pool, confirms each batch as soon as its files are in, and completes
-    each multipart upload as its last part lands. Nothing is held for the
-    sources not reached yet, so 10,000 files cost what 100 do.
+    The caller's thread coordinates: it presigns a batch of small files
+    when the workers would run dry, initiates big files one at a time (their
+    part URLs start to age when they are handed out), hands PUTs (whole
+    files and parts, by turns, so small files never wait behind a big one)
+    to a thread pool, confirms each batch as soon as its files are in, and
+    completes each multipart upload as its last part lands. Nothing is held
+    for the sources not reached yet, so 10,000 files cost what 100 do.
+
+    Each initiated multipart upload is completed or aborted exactly once:
+    it is in `open_uploads` from _initiate until _complete or _abort takes
+    it out, and _stop aborts whatever is still there.
     """
 
     def __init__(self, api: _API, workers: int, threshold: int, batch_size: int,
                  folder_id: str, progress: Optional[Progress], link: bool,
-                 on_file: Optional[Callable[[int, Any], None]]) -> None:
-        self.api, self.workers, self.threshold = api, workers, threshold
-        self.batch_size, self.folder, self.progress = batch_size, folder_id, progress
-        self.link, self.on_file = link, on_file
+                 on_file: Optional[Callable[[int, Any], None]], skip_existing: bool,
+                 resume: bool) -> None:
+        self.api, self.threshold, self.batch_size = api, threshold, batch_size
+        self.workers = _fd_room(workers, batch_size)
+        self.folder, self.progress, self.link, self.on_file = folder_id, progress, link, on_file
+        self.skip_existing, self.resume = skip_existing, resume
+        self.state_dir = _state_dir() if resume else ""
+        self.existing: Dict[Tuple[str, int], UploadedFile] = {}
         self.cancel = _Cancel()
         self.pool: Optional[ThreadPoolExecutor] = None
-        self.futures: Dict[Future[str], Tuple[_Job, int]] = {}
-        self.feed: Deque[_Job] = collections.deque()
-        self.started: Set[_Job] = set()  # multipart uploads initiated, not yet ended
+        #: Tasks handed to a worker: at most `workers`, and the only record of them.
+        self.futures: Dict[Future[str], Tuple[_Job, Optional[int]]] = {}
+        self.singles: Deque[_Job] = collections.deque()  # presigned, not yet handed out
+        self.parts: Deque[_Job] = collections.deque()  # initiated, parts not all handed out
+        self.waiting: Deque[_Job] = collections.deque()  # big files opened, not yet initiated
+        self.open_uploads: Set[_Job] = set()  # initiated, neither completed nor aborted
         self.live: Set[_Job] = set()  # jobs whose source is open
         self.results: List[Any] = []
         self.failures: List[Tuple[int, str, BaseException]] = []
-        self.exhausted = False
-        self._queued = 0
-        self._lock = threading.Lock()
-
-    def goes_multipart(self, source: _Source) -> bool:
-        return 0 < source.size >= self.threshold
+        self.exhausted = False  # the caller's items are all read
+        self._parts_turn = False  # whole files and parts take turns for a free worker
+        self.on_file_failed = False
 
     # -- the loop -----------------------------------------------------------
 
-    def run(self, items: Iterable[Any]) -> List[Any]:
+    def execute(self, items: Iterable[Any]) -> List[Any]:
         numbered = enumerate(items)
         try:
-            while True:
-                self._fill(numbered)
-                if not self.futures:
-                    if self.exhausted and not self.feed:
-                        break
-                    continue
+            if self.resume:  # a journal that cannot be written fails before any call
+                _prepare_state_dir(self.state_dir)
+            if self.skip_existing:  # one listing, however many files
+                self.existing = _index_existing(self.api.list_files(self.folder))
+            while self._fill(numbered) or self.futures:
                 self._reap()
         except BaseException as exc:
             self._stop(exc)
@@ -1549,54 +2464,71 @@ class _Run:
                 self.pool.shutdown(wait=not self.cancel.is_set())
         return self.results
 
-    def _fill(self, numbered: Iterator[Tuple[int, Any]]) -> None:
-        """Submit tasks until every worker has one queued behind the one it runs."""
-        workers = self.workers
-        while self._queued < workers:
-            if self.feed:
-                self._submit(self.feed[0])
-            elif self.exhausted:
-                return
-            else:
+    def _fill(self, numbered: Iterator[Tuple[int, Any]]) -> bool:
+        """Hand tasks to free workers, admitting sources as needed; whether
+        any work is left that no worker has yet."""
+        while len(self.futures) < self.workers:
+            if self.waiting and not self.parts:
+                self._initiate(self.waiting.popleft())
+            elif not self.exhausted and len(self.singles) < self.workers \
+                    and len(self.waiting) < self.workers:
                 self._admit(numbered)
+            elif self.singles or self.parts:
+                self._parts_turn = bool(self.parts) and (not self.singles or not self._parts_turn)
+                self._submit(self.parts if self._parts_turn else self.singles)
+            else:
+                break
+        return bool(self.singles or self.parts or self.waiting or not self.exhausted)
 
-    def _submit(self, job: _Job) -> None:
-        if job.error is not None or job.next_part > job.tasks_total():
-            self.feed.popleft()
-            return
-        number = job.next_part if job.plan is not None else 0
-        job.next_part += 1
+    def _submit(self, queue: Deque[_Job]) -> None:
+        job = queue[0]
+        number = job.todo.popleft()
+        if not job.todo:
+            queue.popleft()
         if self.pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
             self.pool = ThreadPoolExecutor(self.workers, "fileslink")
-        with self._lock:
-            self._queued += 1
         job.inflight += 1
-        self.futures[self.pool.submit(self._task, job, number)] = (job, number)
+        if not job.etags:
+            job.early.add(number)
+        self.futures[self.pool.submit(self._put, job, number)] = (job, number)
 
-    def _task(self, job: _Job, number: int) -> str:
+    def _put(self, job: _Job, number: Optional[int]) -> str:
         """Runs in a worker: one PUT, retried; the ETag."""
-        with self._lock:
-            self._queued -= 1
         job.cancel.check()
         try:
             if job.plan is None:
-                return self.send_single(job)
-            offset, length = job.plan.span(number)
-            try:
-                return self.api.put(job.plan.urls[number - 1], job.source, offset, length,
-                                    number, job.add_progress, job.cancel)
-            except _Expired:
-                raise TransferError("the presigned URL of part %d of %s expired; the multipart "
-                                    "upload was aborted" % (number, job.source.name), 403,
-                                    number) from None
+                return self._put_single(job)
+            offset, length = job.plan.span(number or 0)
+            return self.api.put(job.plan.urls[(number or 0) - 1], job.source, offset, length,
+                                number, job.add_progress, job.cancel)
         except (OSError, FilesLinkError):
             job.cancel.set()  # siblings stop now, not when the coordinator wakes
             raise
 
+    def _put_single(self, job: _Job) -> str:
+        """PUT a whole file; presign it again if its URL expired. Its ETag."""
+        for _ in range(_EXPIRED_RETRIES):
+            try:
+                return self.api.put(job.url, job.source, 0, job.source.size, None,
+                                    job.add_progress, job.cancel)
+            except _Expired:
+                _log(_INFO, "%s: presigned URL expired; presigning again", job.source.name)
+                # A new id: the old row stays unconfirmed, and so invisible.
+                job.file_id, job.url, job.s3_key = self.api.presign(
+                    self.folder, [job.source], job.cancel)[0]
+        try:
+            return self.api.put(job.url, job.source, 0, job.source.size, None,
+                                job.add_progress, job.cancel)
+        except _Expired:
+            raise TransferError("the presigned URL for %s kept expiring before the upload "
+                                "ended (presigned %d times); check the machine's clock"
+                                % (job.source.name, _EXPIRED_RETRIES + 1), 403) from None
+
     def _admit(self, numbered: Iterator[Tuple[int, Any]]) -> None:
-        """Open the next sources: a batch of small ones to presign, or one big one."""
+        """Open the next sources: small ones are presigned as a batch, big
+        ones wait for their turn to be initiated."""
         batch: List[_Job] = []
         while len(batch) < self.batch_size:
             try:
@@ -1610,39 +2542,90 @@ class _Run:
             except (OSError, FilesLinkError) as exc:
                 self._record(index, _item_name(item), exc)
                 continue
-            job = _Job(index, source, self)
+            found = self.existing.get((source.name, source.size))
+            if found is not None:
+                source.close()
+                self._record(index, source.name, found)
+                continue
+            job = _Job(index, source, self.cancel, self.progress,
+                       0 < source.size >= self.threshold)
             self.live.add(job)
             if job.multipart:
-                self._initiate(job)
+                self.waiting.append(job)
                 break
             batch.append(job)
-        if batch:
-            self._presign(batch)
+        if batch and self._step(batch, lambda: self._presign(batch)):
+            self.singles.extend(batch)
+
+    def _step(self, jobs: List[_Job], step: Callable[[], None]) -> bool:
+        """Run one API step for `jobs`; whether it worked. An error that
+        ends the whole run propagates; any other fails these jobs only."""
+        try:
+            step()
+        except _RUN_FATAL:
+            raise
+        except FilesLinkError as exc:
+            for job in jobs:
+                if job in self.open_uploads:
+                    self._abort(job)
+                self._finish(job, exc)
+            return False
+        return True
 
     def _presign(self, batch: List[_Job]) -> None:
-        try:
-            entries = self.api.presign(self.folder, [j.source for j in batch], self.cancel)
-        except (AuthError, _Cancelled):
-            raise
-        except FilesLinkError as exc:
-            for job in batch:
-                self._finish(job, exc)
-            return
+        entries = self.api.presign(self.folder, [j.source for j in batch], self.cancel)
         for job, (file_id, url, s3_key) in zip(batch, entries):
             job.file_id, job.url, job.s3_key, job.batch = file_id, url, s3_key, batch
-            self.feed.append(job)
 
     def _initiate(self, job: _Job) -> None:
-        try:
+        if self._step([job], lambda: self._open_upload(job)):
+            self.parts.append(job)
+
+    def _open_upload(self, job: _Job) -> None:
+        path = job.source.path
+        if self.resume and path is not None and job.journal is None:
+            job.journal = _Journal.open(self.state_dir, self.api.base_url, self.folder, path)
+            job.plan = self._resumed_plan(job)
+        if job.plan is None:
             job.plan = self.api.initiate(self.folder, job.source, self.cancel)
-        except (AuthError, _Cancelled):
-            raise
-        except FilesLinkError as exc:
-            self._finish(job, exc)
-            return
+            job.initiated = time.monotonic()
+            if job.journal is not None and path is not None:
+                job.journal.create(_journal_record(
+                    self.api.base_url, self.folder, _source_identity(path),
+                    file_id=job.plan.file_id, upload_id=job.plan.upload_id, key=job.plan.key,
+                    bucket=job.plan.bucket, name=job.source.name,
+                    mime_type=job.source.mime_type, size=job.source.size,
+                    part_size=job.plan.part_size, urls=job.plan.urls, now=time.time()))
         job.file_id, job.s3_key = job.plan.file_id, job.plan.key
-        self.started.add(job)
-        self.feed.append(job)
+        job.todo = collections.deque(n for n in range(1, len(job.plan.urls) + 1)
+                                     if n not in job.etags)
+        self.open_uploads.add(job)
+
+    def _resumed_plan(self, job: _Job) -> Optional[_Plan]:
+        """The plan a journal holds for this upload, if it may be continued;
+        a journal that may not is aborted (best effort) and dropped."""
+        assert job.journal is not None and job.source.path is not None
+        record = job.journal.load()
+        if record is None:
+            return None
+        reason = _resume_check(record, self.api.base_url, self.folder,
+                               _source_identity(job.source.path), time.time())
+        if reason is None and (record["name"], record["mime_type"]) != (
+                job.source.name, job.source.mime_type):
+            reason = "it was started under another name or type"
+        plan = _record_plan(record)
+        if reason is not None:
+            _log(_WARNING, "%s: not resumed, uploading afresh: %s", job.source.name, reason)
+            self.api.abort(plan.ids())
+            job.journal.remove()
+            return None
+        job.etags = dict(record["etags"])
+        job.initiated = time.monotonic() - max(0.0, time.time() - record["created"])
+        _log(_WARNING, "%s: resuming: %d of %d parts already stored", job.source.name,
+             len(job.etags), len(plan.urls))
+        return plan
+
+    # -- the coordinator's decisions ------------------------------------------
 
     def _reap(self) -> None:
         """Wait for some task to end and act on what it means."""
@@ -1656,54 +2639,115 @@ class _Run:
                 etag = future.result()
             except (CancelledError, _Cancelled):
                 pass  # the job failed already, or the run is stopping
+            except _Expired:
+                self._part_expired(job, number)
             except (OSError, FilesLinkError) as exc:
                 self._fail(job, exc)
             else:
-                if number:
-                    job.etags[number] = etag
-            if job.plan is None:
-                self._batch_done(job.batch)
-            elif job.error is not None:
-                if job.inflight == 0 and job in self.started:
-                    self._abort(job)  # only once no part of it is still being sent
-            elif len(job.etags) == len(job.plan.urls):
-                self._complete(job)
+                if number is not None:
+                    self._stored(job, number, etag)
+            self._settle(job)
+        for job in list(self.open_uploads):
+            self._warn_if_late(job)
 
-    def send_single(self, job: _Job) -> str:
-        """PUT a whole file; presign it again if its URL expired. Its ETag."""
-        for represign in range(_EXPIRED_REPRESIGNS + 1):
+    def _stored(self, job: _Job, number: int, etag: str) -> None:
+        """Count a part as stored: with resume on, only once its journal
+        record is on disk, so a crash now never loses what it claims."""
+        if job.journal is not None:
             try:
-                return self.api.put(job.url, job.source, 0, job.source.size, 0,
-                                    job.add_progress, job.cancel)
-            except _Expired:
-                if represign == _EXPIRED_REPRESIGNS:
-                    break
-                _log(_INFO, "%s: presigned URL expired; presigning again", job.source.name)
-                # A new id: the old row stays unconfirmed, and so invisible.
-                job.file_id, job.url, job.s3_key = self.api.presign(
-                    self.folder, [job.source], job.cancel)[0]
-        raise TransferError("the presigned URL for %s kept expiring before the upload ended "
-                            "(presigned %d times); check the machine's clock"
-                            % (job.source.name, _EXPIRED_REPRESIGNS + 1), 403)
+                job.journal.add_part(number, etag)
+            except OSError as exc:
+                self._fail(job, exc)
+                return
+        job.etags[number] = etag
 
-    # -- endings ------------------------------------------------------------
+    def _settle(self, job: _Job) -> None:
+        """Whatever a job's last reaped task leaves it ready for."""
+        if job.plan is None:
+            self._batch_done(job.batch)
+        elif job.inflight or job.todo:
+            return
+        elif job.error is not None:
+            if job in self.open_uploads:
+                self._abort(job)  # only once no part of it is still being sent
+            self._finish(job, job.error)
+        elif job.restart:
+            self._reinitiate(job)
+        elif len(job.etags) == len(job.plan.urls):
+            self._complete(job)
 
     def _fail(self, job: _Job, exc: BaseException) -> None:
         """A task of `job` failed for good: stop its other tasks now."""
-        if job.error is None:
-            job.error = exc
-            job.cancel.set()
-            for future, (other, _) in self.futures.items():
-                if other is job and future.cancel():
-                    with self._lock:  # a task cancelled before it ran never counts itself out
-                        self._queued -= 1
-            if job.plan is None:
-                self._finish(job, exc)
+        if job.error is not None:
+            return
+        job.error = exc
+        self._withdraw(job)
+        for future, (other, _) in self.futures.items():
+            if other is job:
+                future.cancel()
+        if job.plan is None:
+            self._finish(job, exc)
 
-    def _batch_done(self, batch: Optional[List[_Job]]) -> None:
-        assert batch is not None
-        if any(j.error is None and j.inflight for j in batch) or any(
-                j.error is None and j.next_part == 1 for j in batch):
+    def _withdraw(self, job: _Job) -> None:
+        """Stop a job's tasks: those running now, and those not handed out."""
+        job.cancel.set()
+        job.todo.clear()
+        for queue in (self.singles, self.parts):
+            if job in queue:
+                queue.remove(job)
+
+    def _part_expired(self, job: _Job, number: Optional[int]) -> None:
+        """Storage refused a part URL as expired. Dead on arrival (a clock
+        skew, a stalled start), the upload is initiated again, a bounded
+        number of times; later, nothing can save it: files.link cannot
+        re-sign one part."""
+        assert job.plan is not None
+        if job.restart:
+            return  # a sibling part told the news already
+        if number in job.early and job.expired_tries < _EXPIRED_RETRIES:
+            job.expired_tries += 1
+            job.restart = True
+            self._withdraw(job)  # the other parts' URLs are as old
+            return
+        lifetime = _url_lifetime(job.plan.urls[(number or 1) - 1])
+        job.expired_for_good = True  # a journal of dead URLs could not be resumed
+        self._fail(job, TransferError(
+            "the presigned URL of part %d of %s expired after the upload had run %s (the "
+            "URLs' lifetime is %s); the multipart upload was aborted" % (
+                number or 0, job.source.name, _duration(time.monotonic() - job.initiated),
+                _duration(lifetime[1]) if lifetime else "not stated"), 403, number))
+
+    def _reinitiate(self, job: _Job) -> None:
+        _log(_INFO, "%s: part URLs expired before any part was stored; initiating again",
+             job.source.name)
+        self._abort(job, keep=False)
+        job.restart, job.plan = False, None
+        job.etags, job.early = {}, set()
+        job.add_progress(-job.sent())
+        job.cancel.detach()
+        job.cancel = _Cancel(self.cancel)
+        if self._step([job], lambda: self._open_upload(job)):
+            self.parts.append(job)
+
+    def _warn_if_late(self, job: _Job) -> None:
+        """Warn, once, when the rate so far says the last part cannot start
+        before the part URLs expire: better now than after hours."""
+        assert job.plan is not None
+        lifetime = _url_lifetime(job.plan.urls[-1])
+        elapsed = time.monotonic() - job.initiated
+        if job.warned or lifetime is None or elapsed < 1.0:
+            return
+        rate = job.sent() / elapsed
+        left = job.source.size - job.plan.span(len(job.plan.urls))[1] - job.sent()
+        if rate > 0 and elapsed + left / rate > lifetime[1]:
+            job.warned = True
+            _log(_WARNING, "%s: its part URLs expire %s after they were issued; at %.1f MiB/s "
+                 "the last part would start after %s, so the upload will likely fail",
+                 job.source.name, _duration(lifetime[1]), rate / 1048576,
+                 _duration(elapsed + left / rate))
+
+    def _batch_done(self, batch: List[_Job]) -> None:
+        if any(j.error is None and (j.inflight or j.todo) for j in batch):
             return  # some file of the batch is still queued or being sent
         good = [j for j in batch if j.error is None and self.results[j.index] is None]
         for job in good:
@@ -1712,50 +2756,53 @@ class _Run:
             except SourceChangedError as exc:
                 self._finish(job, exc)
         good = [j for j in good if j.error is None]
-        if not good:
-            return
-        try:
-            self.api.confirm([j.file_id for j in good], self.cancel)
-        except (AuthError, _Cancelled):
-            raise
-        except FilesLinkError as exc:
+        if good and self._step(good, lambda: self.api.confirm([j.file_id for j in good],
+                                                              self.cancel)):
             for job in good:
-                self._finish(job, exc)
-            return
-        for job in good:
-            self._succeed(job, multipart=False)
+                self._succeed(job)
 
     def _complete(self, job: _Job) -> None:
         assert job.plan is not None
-        try:
+        plan = job.plan
+
+        def complete() -> None:
             job.source.check_unchanged()
-            self.api.complete(job.plan, job.etags, self.cancel)
-        except (AuthError, _Cancelled):
-            raise
-        except FilesLinkError as exc:
-            job.error = exc
-            self._abort(job)
-            return
-        self.started.discard(job)
-        self._succeed(job, multipart=True)
+            self.api.complete(plan, job.etags, self.cancel)
 
-    def _abort(self, job: _Job) -> None:
-        self.started.discard(job)
+        if self._step([job], complete):
+            self.open_uploads.discard(job)
+            if job.journal is not None:
+                job.journal.remove()
+            self._succeed(job)
+
+    def _abort(self, job: _Job, timeout: Optional[float] = None,
+               keep: bool = True) -> Optional[str]:
+        """End an open multipart upload that will not be completed (the only
+        caller of api.abort for one); None if aborted, else why not. With
+        resume on and `keep`, it is left open on purpose, journaled."""
         assert job.plan is not None
-        self.api.abort(job.plan.ids())
-        self._finish(job, job.error or TransferError("multipart upload aborted"))
+        self.open_uploads.discard(job)
+        if job.journal is not None and keep and not job.expired_for_good:
+            _log(_INFO, "%s: multipart upload kept, to be resumed", job.source.name)
+            return _KEPT
+        reason = self.api.abort(job.plan.ids(), timeout)
+        if job.journal is not None:
+            job.journal.remove()
+        return reason
 
-    def _succeed(self, job: _Job, multipart: bool) -> None:
+    def _succeed(self, job: _Job) -> None:
         source = job.source
         result = UploadedFile(job.file_id, source.name, source.size, source.mime_type,
-                              job.s3_key, multipart)
+                              job.s3_key, job.plan is not None)
         if self.link:
             try:
-                result = result._replace(url=self.api.link_uploaded(source.name, job.file_id))
+                result = result._replace(url=self.api.link(job.file_id))
             except AuthError:
                 raise
-            except APIError as exc:
-                self._finish(job, exc)
+            except FilesLinkError as exc:  # the bytes are there: say so
+                self._finish(job, APIError("%s was uploaded (id %s) but its link was not "
+                                           "created: %s" % (source.name, job.file_id, exc),
+                                           getattr(exc, "status", None)))
                 return
         self._finish(job, result)
 
@@ -1763,6 +2810,8 @@ class _Run:
         if isinstance(outcome, BaseException) and job.error is None:
             job.error = outcome
         job.source.close()
+        if job.journal is not None:
+            job.journal.close()
         job.cancel.detach()
         self.live.discard(job)
         self._record(job.index, job.source.name, outcome)
@@ -1775,32 +2824,45 @@ class _Run:
             self.failures.append((index, name, outcome))
             _log(_INFO, "failed: %s: %s", name, outcome)
         else:
-            _log(_INFO, "uploaded %s as %s", name, outcome.id)
-        if self.on_file is not None:
-            self.on_file(index, outcome)
+            _log(_INFO, "%s %s as %s", "skipped" if outcome.skipped else "uploaded", name,
+                 outcome.id)
+        if self.on_file is not None and not self.on_file_failed:
+            try:
+                self.on_file(index, outcome)
+            except BaseException:
+                self.on_file_failed = True  # not called again while the run stops
+                raise
 
     def _stop(self, exc: BaseException) -> None:
-        """The run ends early (Ctrl-C, SystemExit, a fatal error): stop every
-        worker now and abort every multipart upload left open."""
+        """The run ends early (Ctrl-C, SIGTERM, a fatal error, a closed
+        stdout): stop every worker now, abort every multipart upload left
+        open, and tell on_file of each file cut short."""
         self.cancel.set()
         for future in self.futures:
             future.cancel()  # 3.8 has no shutdown(cancel_futures=True)
-        interrupted = not isinstance(exc, Exception)
-        for job in list(self.started):
-            if job.error is None:
-                job.error = TransferError("upload of %s cancelled" % job.source.name)
-            self.started.discard(job)
-            assert job.plan is not None
-            self.api.abort(job.plan.ids(), _ABORT_TIMEOUT if interrupted else None)
-        for job in self.live:
-            job.source.close()
+        timeout = None if isinstance(exc, Exception) else _ABORT_TIMEOUT
+        failed = {job: self._abort(job, timeout)
+                  for job in sorted(self.open_uploads, key=lambda j: j.index)}
+        for job in sorted(self.live, key=lambda j: j.index):
+            text = "upload of %s stopped" % job.source.name
+            aborted: Optional[bool] = None
+            if failed.get(job) is _KEPT:
+                text += "; its multipart upload was kept, to be resumed"
+            elif job in failed:
+                aborted = failed[job] is None
+                text += "; its multipart upload %s" % (
+                    "was aborted" if aborted else "could not be aborted: %s" % failed[job])
+            try:
+                self._finish(job, _Stopped(text, aborted))
+            except Exception:  # noqa: S110 - on_file failing too must not hide `exc`
+                pass
 
 
 def _item_name(item: Any) -> str:
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
         return item[0]
     if isinstance(item, (str, os.PathLike)):
-        return os.fsdecode(os.fspath(item))
+        return _clean_name(os.fsdecode(os.fspath(item)))
     return str(getattr(item, "name", "<%s>" % type(item).__name__))
 
 
@@ -1808,35 +2870,50 @@ def _item_name(item: Any) -> str:
 # Client: the public facade
 # ---------------------------------------------------------------------------
 
+
+def _check_count(label: str, value: Any, low: int) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                              or value < low):
+        raise ConfigError("%s must be a whole number >= %d, not %r" % (label, low, value))
+
+
 class Client:
     """A files.link client: configuration, connections and the rate-limit budget.
 
     Args:
         api_key: default $FILESLINK_KEY; missing -> ConfigError.
         base_url: default $FILESLINK_BASE_URL, else https://api.files.link.
-        timeout: seconds per socket operation (connect, each send, each read).
+        timeout: seconds per socket operation (connect, each send, each
+            read), and the most one answer may take to arrive whole from
+            the moment its request was sent (a server that trickles a byte
+            a second is given up on, not waited for).
         retry: a Retry; None -> Retry().
-        max_workers: parallel PUTs (parts, or files in upload_many).
+        max_workers: parallel PUTs (parts, or files in upload_many); fewer
+            when the open-file limit (RLIMIT_NOFILE) would not allow them.
         multipart_threshold: files of at least this many bytes go multipart.
         ssl_context: an ssl.SSLContext (a corporate CA); used for the API
             and for presigned URLs alike.
         allow_insecure: permit a plain-http base URL (and presigned URLs)
-            to a host other than loopback.
+            to a host other than loopback; default $FILESLINK_ALLOW_INSECURE=1.
         checksum: compare the MD5 of the bytes sent with the ETag storage
-            returns (about 1 s of CPU per GiB); False sends at wire speed.
+            returns where that ETag is an MD5 (not under SSE-KMS or SSE-C;
+            about 1 s of CPU per GiB); False sends at wire speed.
         batch_size: files per presign and per confirm call in upload_many.
+        max_bandwidth: bytes per second across all workers; None: no limit.
 
     The constructor only validates and stores: no network, no threads. A
-    Client is safe to share between threads; close() (or `with`) drops its
-    idle connections.
+    Client is safe to share between threads and survives os.fork() (the
+    child opens its own connections); close() (or `with`) drops its idle
+    connections.
     """
 
     def __init__(self, api_key: Optional[str] = None, base_url: Optional[str] = None,
                  timeout: float = 60.0, retry: Optional[Retry] = None, max_workers: int = 8,
                  multipart_threshold: int = 100 * 1024 * 1024,
                  ssl_context: Optional[ssl.SSLContext] = None, *,
-                 allow_insecure: bool = False, checksum: bool = True,
-                 batch_size: Optional[int] = None) -> None:
+                 allow_insecure: Optional[bool] = None, checksum: bool = True,
+                 batch_size: Optional[int] = None,
+                 max_bandwidth: Optional[float] = None) -> None:
         key = os.environ.get(_ENV_KEY, "") if api_key is None else api_key
         if not isinstance(key, str) or not key:
             raise ConfigError("no API key: set %s to your files.link API key" % _ENV_KEY)
@@ -1848,19 +2925,20 @@ class Client:
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
                 or parts.fragment or _CONTROL.search(base):
             raise ConfigError("base_url must be an http(s) URL with a host, not %r" % base)
+        if allow_insecure is None:
+            allow_insecure = os.environ.get(_ENV_INSECURE, "") == "1"
         loopback = _is_loopback(parts.hostname)
         if parts.scheme == "http" and not (loopback or allow_insecure):
             raise ConfigError("refusing plain http to %s: the API key and your files would "
-                              "cross the network unencrypted (allow_insecure=True permits it)"
-                              % parts.hostname)
-        for label, value, low in (("max_workers", max_workers, 1),
-                                  ("multipart_threshold", multipart_threshold, 1),
-                                  ("batch_size", batch_size, 1)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < low):
-                raise ConfigError("%s must be a whole number >= %d, not %r" % (label, low, value))
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-            raise ConfigError("timeout must be a number of seconds > 0, not %r" % (timeout,))
+                              "cross the network unencrypted (set %s=1, or pass "
+                              "allow_insecure=True, to permit it)" % (parts.hostname, _ENV_INSECURE))
+        _check_count("max_workers", max_workers, 1)
+        _check_count("multipart_threshold", multipart_threshold, 1)
+        _check_count("batch_size", batch_size, 1)
+        for label, value in (("timeout", timeout), ("max_bandwidth", max_bandwidth)):
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, (int, float)) or value <= 0):
+                raise ConfigError("%s must be a number > 0, not %r" % (label, value))
         if retry is not None and not isinstance(retry, Retry):
             raise ConfigError("retry must be a fileslink.Retry, not %r" % (retry,))
         if ssl_context is not None:
@@ -1874,10 +2952,12 @@ class Client:
         self.max_workers = max_workers
         self.multipart_threshold = multipart_threshold
         self.checksum = bool(checksum)
+        self.max_bandwidth = max_bandwidth
         self._batch_size = batch_size or int(_ASSUMED["batch_size"])
         self._transport = _Transport(self.timeout, ssl_context, max_workers + _SPARE_CONNECTIONS)
         self._api = _API(key, base, self._transport, self.retry, self.checksum,
-                         allow_insecure or (parts.scheme == "http" and loopback))
+                         bool(allow_insecure) or (parts.scheme == "http" and loopback),
+                         _Throttle(max_bandwidth) if max_bandwidth else None)
 
     def __repr__(self) -> str:  # never the key
         return "fileslink.Client(base_url=%r, max_workers=%d)" % (self.base_url, self.max_workers)
@@ -1896,47 +2976,43 @@ class Client:
 
     def upload(self, source: Source, folder_id: Optional[str] = None, *,
                name: Optional[str] = None, mime_type: Optional[str] = None,
-               progress: Optional[Progress] = None, link: bool = False) -> UploadedFile:
+               progress: Optional[Progress] = None, link: bool = False,
+               resume: bool = False) -> UploadedFile:
         """Upload one file and return it.
 
         Args:
             source: a path, bytes, or a binary file object (seekable or not;
-                a stream is spooled, to a temporary file if large).
+                a stream, a pipe or a FIFO is read to its end first, to a
+                temporary file if large).
             folder_id: default $FILESLINK_FOLDER.
             name: the name on files.link; default the file's own name
                 (required for bytes and nameless streams).
             mime_type: default guessed from the name.
             progress: progress(name, sent, total), called from worker threads.
             link: also create a permanent public link (UploadedFile.url).
+            resume: a multipart upload of a path that stops before it
+                completes (Ctrl-C, SIGTERM, a crash, retries exhausted) is
+                left open and journaled; the same upload run again sends
+                only the parts not yet stored (README: "Resuming").
 
         Raises:
             OSError: the local file is missing, a directory or unreadable.
+            ConfigError: the source cannot be uploaded (a device, a socket,
+                a text-mode stream), or a bad option.
             FilesLinkError: see the subclasses; a multipart upload that fails
                 is aborted first.
         """
         folder = self._folder(folder_id)
         src = _open_source(source, name, mime_type)
-        run = self._run(folder, progress, link, None)
-        try:
-            if run.goes_multipart(src):  # parts in parallel: the coordinator's work
-                results = run.run([src])
-                if run.failures:
-                    raise run.failures[0][2]
-                return results[0]  # type: ignore[no-any-return]
-            # One small file: three calls in this thread, no pool to start.
-            job = _Job(0, src, run)
-            job.file_id, job.url, job.s3_key = self._api.presign(folder, [src], run.cancel)[0]
-            run.send_single(job)
-            src.check_unchanged()
-            self._api.confirm([job.file_id], run.cancel)
-            url = self._api.link_uploaded(src.name, job.file_id) if link else None
-            return UploadedFile(job.file_id, src.name, src.size, src.mime_type, job.s3_key,
-                                False, url)
-        finally:
-            src.close()
+        transfer = self._transfer(folder, progress, link, None, False, resume)
+        results = transfer.execute([src])
+        if transfer.failures:
+            raise transfer.failures[0][2]
+        return results[0]  # type: ignore[no-any-return]
 
     def upload_many(self, sources: Iterable[Item], folder_id: Optional[str] = None, *,
                     progress: Optional[Progress] = None, link: bool = False,
+                    skip_existing: bool = False, resume: bool = False,
                     on_file: Optional[Callable[[int, Any], None]] = None) -> List[UploadedFile]:
         """Upload many files in parallel; their UploadedFiles in the order given.
 
@@ -1944,8 +3020,14 @@ class Client:
             sources: paths, bytes, file objects, or (name, source) pairs; any
                 iterable, read as the upload goes (a generator of 10,000
                 paths is never held at once).
+            skip_existing: list the folder once, and skip every source whose
+                name and size match a file already there: it comes back as
+                that file, with skipped=True.
+            resume: as for upload(), for every multipart upload of a path.
             on_file: on_file(index, result) as each file ends, result being
                 its UploadedFile or its exception (called in this thread).
+                When the run is stopped (Ctrl-C, a fatal error) it is called
+                for each file cut short too, before the error propagates.
 
         Raises:
             UploadManyError: some files failed; the others were uploaded and
@@ -1953,94 +3035,131 @@ class Client:
             AuthError: the key was refused; nothing more is attempted.
         """
         folder = self._folder(folder_id)
-        run = self._run(folder, progress, link, on_file)
-        results = run.run(sources)
-        if run.failures:
-            raise UploadManyError(sorted(run.failures, key=lambda f: f[0]), results)
+        transfer = self._transfer(folder, progress, link, on_file, skip_existing, resume)
+        results = transfer.execute(sources)
+        if transfer.failures:
+            raise UploadManyError(sorted(transfer.failures, key=lambda f: f[0]), results)
         return results
 
-    def _run(self, folder: str, progress: Optional[Progress], link: bool,
-             on_file: Optional[Callable[[int, Any], None]]) -> _Run:
-        return _Run(self._api, self.max_workers, self.multipart_threshold, self._batch_size,
-                    folder, progress, link, on_file)
+    def _transfer(self, folder: str, progress: Optional[Progress], link: bool,
+                  on_file: Optional[Callable[[int, Any], None]], skip: bool,
+                  resume: bool) -> _Transfer:
+        return _Transfer(self._api, self.max_workers, self.multipart_threshold,
+                         self._batch_size, folder, progress, link, on_file, skip, resume)
+
+    def pending(self) -> List[PendingUpload]:
+        """The resumable uploads journaled for this client's base URL."""
+        return [_pending(record) for record in _Journal.entries(_state_dir())
+                if record["base_url"] == self.base_url]
+
+    def abort_pending(self, ids: Optional[Iterable[str]] = None) -> List[str]:
+        """Abort journaled uploads (`ids`: their file ids; None: all of this
+        base URL's) and remove their journals; the ids aborted.
+
+        Raises:
+            APIError: some could not be aborted; their journals are kept.
+            ConfigError: one is being uploaded by a running process.
+        """
+        wanted = None if ids is None else set(ids)
+        done, failed = [], []
+        for upload in self.pending():
+            if wanted is not None and upload.id not in wanted:
+                continue
+            journal = _Journal.claim(_state_dir(), upload.id)
+            if journal is None:
+                continue  # completed or aborted meanwhile
+            with journal:
+                record = journal.load()
+                assert record is not None
+                reason = self._api.abort(_record_plan(record).ids())
+                if reason is None:
+                    journal.remove()
+                    done.append(upload.id)
+                else:
+                    failed.append("%s (%s): %s" % (upload.name, upload.id, reason))
+        if failed:
+            raise APIError("could not abort %d pending upload%s: %s" % (
+                len(failed), "" if len(failed) == 1 else "s", "; ".join(failed)))
+        return done
 
     def _folder(self, folder_id: Optional[str]) -> str:
         folder = folder_id if folder_id is not None else os.environ.get(_ENV_FOLDER)
         if not folder:
-            raise ConfigError("no folder id: pass folder_id= or set %s (`fileslink projects` "
-                              "and `fileslink folders PROJECT_ID` list them)" % _ENV_FOLDER)
+            raise ConfigError("no folder id: pass folder_id= or set %s (list_projects() and "
+                              "list_folders(project_id) list them)" % _ENV_FOLDER)
         return _check_id(folder, "folder id")
 
     # -- the rest of the published API --------------------------------------
 
+    def _get(self, route: str, ident: str, what: str) -> Json:
+        return self._api.call("GET", _ROUTES[route].format(_check_id(ident, what)))
+
+    def _delete(self, route: str, ident: str, what: str) -> None:
+        self._api.call("DELETE", _ROUTES[route].format(_check_id(ident, what)))
+
     def get_file(self, file_id: str) -> Json:
         """A file's record: id, fileName, fileSize, mimeType, uploaded, ..."""
-        data = self._api.call("GET", _ROUTES["file"].format(_check_id(file_id, "file id")))
-        record = data.get("data")
+        record = self._get("file", file_id, "file id").get("data")
         if isinstance(record, dict) and isinstance(record.get("file"), dict):
             return record["file"]  # type: ignore[no-any-return]
         raise ProtocolError("GET file: no `data.file` in the response")
 
     def list_files(self, folder_id: Optional[str] = None) -> List[Json]:
         """The files of a folder (default $FILESLINK_FOLDER)."""
-        data = self._api.call("GET", _ROUTES["folder_files"].format(self._folder(folder_id)))
-        files = _pick(data, "listing")
-        if isinstance(files, dict):
-            files = files.get("files")
-        if not isinstance(files, list):
-            raise ProtocolError("GET folder files: no list of files in the response")
-        return files
+        return self._api.list_files(self._folder(folder_id))
 
     def delete_file(self, file_id: str) -> None:
-        self._api.call("DELETE", _ROUTES["file"].format(_check_id(file_id, "file id")))
+        self._delete("file", file_id, "file id")
 
     def signed_url(self, file_id: str) -> str:
         """A signed download URL for a private file."""
-        data = self._api.call("GET", _ROUTES["signed"].format(_check_id(file_id, "file id")))
-        return _need_str(data, "url", "GET signed URL")
+        return _need_str(self._get("signed", file_id, "file id"), "url", "GET signed URL")
 
     def create_link(self, file_id: str) -> str:
         """Create a permanent public link; its full URL."""
         return self._api.link(file_id)
 
     def get_link(self, file_id: str) -> Json:
-        return self._api.call("GET", _ROUTES["file_link"].format(_check_id(file_id, "file id")))
+        return self._get("file_link", file_id, "file id")
 
     def delete_link(self, file_id: str) -> None:
-        self._api.call("DELETE", _ROUTES["public"].format(_check_id(file_id, "file id")))
+        self._delete("public", file_id, "file id")
 
     def list_projects(self, page: int = 1) -> Any:
         data = self._api.call("GET", _ROUTES["projects_page"].format(int(page)))
         return data.get("data", data)
 
     def create_project(self, title: str) -> str:
-        data = self._api.call("POST", _ROUTES["projects"], {"title": title})
+        """Create a project; its id. Not retried once the request may have
+        arrived: a second project would show."""
+        data = self._api.call("POST", _ROUTES["projects"], {"title": title}, repeatable=False)
         return _need_str(data, "projectId", "POST /v1/projects")
 
     def get_project(self, project_id: str) -> Any:
-        data = self._api.call("GET", _ROUTES["project"].format(_check_id(project_id, "project id")))
+        data = self._get("project", project_id, "project id")
         return data.get("data", data)
 
     def delete_project(self, project_id: str) -> None:
-        self._api.call("DELETE", _ROUTES["project_delete"].format(_check_id(project_id, "project id")))
+        self._delete("project_delete", project_id, "project id")
 
     def list_folders(self, project_id: str) -> Any:
-        data = self._api.call("GET", _ROUTES["project_folders"].format(
-            _check_id(project_id, "project id")))
+        data = self._get("project_folders", project_id, "project id")
         return data.get("data", data)
 
     def create_folder(self, title: str, project_id: str, private: bool = False) -> str:
+        """Create a folder; its id. Not retried once the request may have
+        arrived: a second folder would show."""
         data = self._api.call("POST", _ROUTES["folders"], {
             "title": title, "projectId": _check_id(project_id, "project id"),
-            "isPrivate": bool(private)})
+            "isPrivate": bool(private)}, repeatable=False)
         return _need_str(data, "folderId", "POST /v1/folders")
 
     def get_folder(self, folder_id: str) -> Any:
-        data = self._api.call("GET", _ROUTES["folder"].format(_check_id(folder_id, "folder id")))
+        data = self._get("folder", folder_id, "folder id")
         return data.get("data", data)
 
     def delete_folder(self, folder_id: str) -> None:
-        self._api.call("DELETE", _ROUTES["folder"].format(_check_id(folder_id, "folder id")))
+        self._delete("folder", folder_id, "folder id")
 
 
 def upload(source: Source, folder_id: Optional[str] = None, *, name: Optional[str] = None,
@@ -2686,9 +3805,7 @@ def _cmd_upload(client: Client, args: Any, screen: _Screen) -> int:
             _emit(screen, args, result.to_dict(), line)
             outcome = "skipped" if result.skipped else "done"
         elif isinstance(result, _Stopped):  # cut short by a stop: main() sums them up
-            screen.stopped.append(result)
-            if result.aborted is False:
-                screen.message("fileslink: error: %s: %s" % (name, result))
+            screen.stopped.append(result)  # (a failed abort has had its warning)
             return
         else:
             screen.message("fileslink: error: %s: %s" % (name, _reason(result)))
@@ -2800,10 +3917,9 @@ def _cmd_projects(client: Client, args: Any, screen: _Screen) -> int:
 
 def _cmd_pending(client: Client, args: Any, screen: _Screen) -> int:
     for up in client.pending():
-        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(up.expires))
-        record = {"id": up.id, "name": up.name, "size": up.size, "partsDone": up.parts_done,
-                  "partsTotal": up.parts_total, "expires": expires, "folderId": up.folder_id}
-        _emit(screen, args, record, "%s  %d/%d parts  %s  expires %s  %s" % (
+        expires = "unknown" if up.expires is None else time.strftime(
+            "%Y-%m-%d %H:%M UTC", time.gmtime(up.expires))
+        _emit(screen, args, up.to_dict(), "%s  %d/%d parts  %s  expires %s  %s" % (
             up.id, up.parts_done, up.parts_total, _human(up.size), expires, up.name))
     return 0
 

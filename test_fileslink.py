@@ -1847,7 +1847,7 @@ class TestCoreMultipartAliases(TestCoreSmallPartsCase):
 
 
 class TestCorePartPlan(unittest.TestCase):
-    """fileslink._plan_parts: the plan the service hands out, checked before any PUT."""
+    """fileslink._parse_plan: the plan the service hands out, checked before any PUT."""
 
     @staticmethod
     def _core_data(part_size: Optional[int], numbers: List[Any]) -> Dict[str, Any]:
@@ -1863,7 +1863,7 @@ class TestCorePartPlan(unittest.TestCase):
         size = 1024 ** 4
         part_size = 105 * MiB                 # the smallest whole MiB giving <= 10,000 parts
         count = -(-size // part_size)
-        plan = fileslink._plan_parts(size, self._core_data(part_size, list(range(1, count + 1))))
+        plan = fileslink._parse_plan(size, self._core_data(part_size, list(range(1, count + 1))))
         self.assertLessEqual(len(plan.urls), 10000)
         self.assertEqual(len(plan.urls), count)
         spans = [plan.span(n) for n in (1, 2, count)]
@@ -1873,12 +1873,12 @@ class TestCorePartPlan(unittest.TestCase):
         self.assertEqual(sum(plan.span(n)[1] for n in range(1, count + 1)), size)
 
     def test_exactly_ten_thousand_parts_are_accepted(self) -> None:
-        plan = fileslink._plan_parts(10000 * 5 * MiB,
+        plan = fileslink._parse_plan(10000 * 5 * MiB,
                                      self._core_data(5 * MiB, list(range(1, 10001))))
         self.assertEqual(len(plan.urls), 10000)
 
     def test_parts_listed_out_of_order_are_sent_by_number(self) -> None:
-        plan = fileslink._plan_parts(3 * MiB, self._core_data(MiB, [3, 1, 2]))
+        plan = fileslink._parse_plan(3 * MiB, self._core_data(MiB, [3, 1, 2]))
         self.assertEqual([u.rsplit("=", 1)[1] for u in plan.urls], ["1", "2", "3"])
 
     def test_plans_that_cannot_be_right_are_protocol_errors(self) -> None:
@@ -1900,7 +1900,7 @@ class TestCorePartPlan(unittest.TestCase):
         for label, size, data in cases:
             with self.subTest(label):
                 with self.assertRaises(fileslink.ProtocolError):
-                    fileslink._plan_parts(size, data)
+                    fileslink._parse_plan(size, data)
 
 
 # ---------------------------------------------------------------------------
@@ -1957,18 +1957,19 @@ class TestCoreWire(TestCoreCase):
         self.assertLess(peak, 4 * MiB)
 
     def _core_count_connections(self) -> Dict[int, int]:
-        """Patch-free of fileslink: counts TCP connections opened through
-        socket.create_connection (what http.client uses), per port, from now on."""
+        """Patch-free of fileslink: counts the TCP connections the fake accepts,
+        per port, from now on."""
         counts: Dict[int, int] = {}
-        real = socket.create_connection
+        real = _Handler.setup
         lock = threading.Lock()
 
-        def counting(address: Any, *args: Any, **kwargs: Any) -> socket.socket:
+        def counting(handler: Any) -> None:
             with lock:
-                counts[address[1]] = counts.get(address[1], 0) + 1
-            return real(address, *args, **kwargs)
+                port = handler.server.server_address[1]
+                counts[port] = counts.get(port, 0) + 1
+            real(handler)
 
-        patcher = mock.patch.object(socket, "create_connection", counting)
+        patcher = mock.patch.object(_Handler, "setup", counting)
         patcher.start()
         self.addCleanup(patcher.stop)
         return counts
@@ -2316,19 +2317,33 @@ class TestCoreExpired(TestCoreSmallPartsCase):
         self.assertEqual(len(self.core_puts()), 3)
         self.assertEqual(self.core_confirms(), [])
 
-    def test_expired_part_url_fails_the_upload_and_aborts_it(self) -> None:
-        path, _ = self.make_file("expiring.bin", 4 * MiB, seed=53)
+    def test_part_urls_expired_on_arrival_are_initiated_again_once(self) -> None:
+        path, data = self.make_file("expiring.bin", 4 * MiB, seed=53)
         self.fake.inject("storage", expire=True)
         client = self.client(multipart_threshold=MiB, max_workers=1)
+        result = self.core_upload_within(10, client, path, self.fake.folder_id)
+        self.core_assert_stored(result, data)
+        self.assertEqual(self.core_puts()[0].status, 403)
+        first, second = self.fake.multipart.values()
+        self.assertEqual((first.state, second.state), ("aborted", "completed"))
+        self.assertEqual(len(self.fake.api_calls("/initiate")), 2)
+
+    def test_part_urls_that_expire_mid_upload_fail_it_naming_the_lifetime(self) -> None:
+        path, _ = self.make_file("slow.bin", 4 * MiB, seed=54)
+        client = self.client(multipart_threshold=MiB, max_workers=1)
+
+        def progress(name: str, sent: int, total: int) -> None:
+            if sent == MiB:   # part 1 is in: the clock runs past every URL's lifetime
+                self.fake.advance_clock(self.fake.url_ttl + 60)
+
         with self.assertRaises(fileslink.TransferError) as caught:
-            self.core_upload_within(10, client, path, self.fake.folder_id)
-        first = self.core_puts()[0]
-        self.assertEqual(first.status, 403)
-        self.assertEqual(caught.exception.part, int(first.query["partNumber"]))
-        self.assertEqual(caught.exception.status, 403)
+            client.upload(path, self.fake.folder_id, progress=progress)
+        self.assertEqual((caught.exception.status, caught.exception.part), (403, 2))
+        self.assertIn("lifetime is 15 min", str(caught.exception))
+        self.assertIn("after the upload had run", str(caught.exception))
         (up,) = self.fake.multipart.values()
         self.assertEqual(up.state, "aborted")
-        self.assertEqual(len(self.fake.api_calls("/initiate")), 1)   # no second initiate
+        self.assertEqual(len(self.fake.api_calls("/initiate")), 1)
 
 
 # ---------------------------------------------------------------------------
@@ -3034,7 +3049,8 @@ class TestCliUpload(TestCliCase):
         logger = logging.getLogger("fileslink")
         self.addCleanup(logger.setLevel, logger.level)
         for flag, expected in (("-v", r"INFO: uploaded v\.txt as "),
-                               ("-vv", r"DEBUG: POST /v1/files/[^ ]+ -> 200 \(try 1")):
+                               ("-v", r"INFO: POST /v1/files/[^ ]+ -> 200 \(try 2"),
+                               ("-vv", r"DEBUG: PUT v\.txt to [^ ]+\?\.\.\. -> 200 \(try 1")):
             with self.subTest(flag=flag):
                 # A careless server echoes the key in an error: it must not reach the log.
                 self.fake.inject("api", status=503, body={"success": False, "message":
@@ -3044,7 +3060,7 @@ class TestCliUpload(TestCliCase):
                 self.assertRegex(err, expected)
                 self.assertNotIn(self.fake.api_key, err)
                 self.assertEqual(logger.handlers, [])   # main() removed its handler
-        self.assertIn("try 2 of", err)                    # -vv shows the retry and its wait
+        self.assertIn("try 2 of", err)                    # -v shows the retry and its wait
         self.assertIn("***", err)
 
     def test_verbose_leaves_the_fileslink_logger_level_as_it_found_it(self) -> None:
@@ -4274,14 +4290,14 @@ class TestReliabAbort(TestReliabCase):
         self.assertEqual({u.state for u in self.fake.multipart.values()}, {"aborted"})
         _reliab_join_workers(self)
 
-    def test_an_expired_part_url_aborts_the_multipart_upload(self) -> None:
+    def test_part_urls_expired_on_arrival_give_up_after_bounded_initiates(self) -> None:
         path, _ = self.make_file("parts.bin", 8 * _RELIAB_PART, seed=10)
-        self.fake.inject("storage", expire=True)
+        self.fake.inject("storage", expire=True, times=100)
         with self.assertRaises(fileslink.TransferError) as cm:
             self.client(max_workers=2).upload(path)
         self.assertEqual(cm.exception.status, 403)
         self.assertIn("expired", str(cm.exception))
-        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"] * 3)
         self.assertEqual(self.fake.api_calls("complete"), [])
         _reliab_join_workers(self)
 
@@ -4888,7 +4904,8 @@ class CliCase(FakeTestCase):
     def setUp(self) -> None:
         super().setUp()
         os.environ.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.fake.base_url,
-                          FILESLINK_FOLDER=self.fake.folder_id)
+                          FILESLINK_FOLDER=self.fake.folder_id,
+                          FILESLINK_STATE_DIR=os.path.join(self.tmp, "state"))  # not ~/.cache
         for name in ("COLUMNS", "LINES", "PYTHONIOENCODING"):
             os.environ.pop(name, None)
 
@@ -5261,15 +5278,15 @@ class TestCliArguments(CliCase):
         status, out, err = run_cli(["ls"])
         self.assertEqual(out.split(), [uploaded["id"], "10", "a.txt"])
 
-    def test_v_shows_each_file_and_vv_each_request(self) -> None:
+    def test_v_shows_each_file_and_api_call_and_vv_each_request(self) -> None:
         path, _ = self.make_file("v.txt", 10)
         status, _, err = run_cli(["upload", path, "-v"])
         self.assertEqual(status, 0, err)
         self.assertRegex(err, r"(?m)^fileslink: info: uploaded v\.txt as ")
-        self.assertNotIn("debug", err)
+        self.assertRegex(err, r"(?m)^fileslink: info: POST /v1/files/\S+ -> 200")
+        self.assertNotIn("PUT", err)
         status, _, err = run_cli(["upload", path, "-vv"])
         self.assertRegex(err, r"(?m)^fileslink: debug: PUT v\.txt to http://127\.0\.0\.1:\d+/")
-        self.assertRegex(err, r"(?m)^fileslink: debug: POST /v1/files/\S+ -> 200")
 
     def test_allow_insecure_is_the_cli_way_to_plain_http_to_a_remote_host(self) -> None:
         # 127.1 reaches the fake, yet is not a loopback name the client knows.
@@ -5285,10 +5302,15 @@ class TestCliArguments(CliCase):
                 self.assertEqual(run_cli(argv)[0], 0)
 
     def test_bwlimit_takes_a_rate_with_a_suffix_and_refuses_others(self) -> None:
-        path, data = self.make_file("a.bin", 64 * 1024)
-        status, out, err = run_cli(["upload", path, "--bwlimit", "10M"])
+        path, data = self.make_file("a.bin", 128 * 1024)
+        started = time.monotonic()
+        status, out, err = run_cli(["upload", path, "--bwlimit", "128K"])
+        elapsed = time.monotonic() - started
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(self.stored(), {"a.bin": data})
+        # 128 KiB at 128 KiB/s: the first 16 KiB block goes at once, the rest
+        # take 0.875 s. Only a lower bound: a busy machine is slower, never faster.
+        self.assertGreater(elapsed, 0.8)
         for bad in ("fast", "0", "-1K"):
             with self.subTest(rate=bad):
                 status, _, err = run_cli(["upload", path, "--bwlimit", bad])
@@ -5415,6 +5437,69 @@ class TestCliSignals(CliCase):
         self.assertIs(signal.getsignal(signal.SIGTERM), before)
 
 
+class TestCliResume(CliCase):
+    """--resume, pending and abort (issue 11's commands)."""
+
+    fake_options = {"min_part_size": 64 * 1024, "part_size": 64 * 1024}
+
+    def kept_upload(self, name: str, seed: int) -> Tuple[str, bytes]:
+        """A 1 MiB file (16 parts) whose --resume upload failed after part 1."""
+        path, data = self.make_file(name, 1 * MiB, seed=seed)
+        self.once_answered("storage", lambda: self.fake.inject("storage", status=400))
+        status, out, err = run_cli(["upload", path, "--resume", "--threshold", "256K",
+                                    "--workers", "1"])
+        self.assertEqual((status, out), (1, ""), err)
+        return path, data
+
+    def test_a_kept_upload_is_pending_and_the_same_command_finishes_it(self) -> None:
+        path, data = self.kept_upload("big.bin", seed=1)
+        (up,) = self.fake.multipart.values()
+        self.assertEqual((up.state, sorted(up.parts)), ("open", [1]))
+        status, out, err = run_cli(["pending"])
+        self.assertEqual(status, 0, err)
+        self.assertRegex(out, r"^%s  1/16 parts  1\.0 MiB  expires \d{4}-\d\d-\d\d \d\d:\d\d UTC  "
+                         r"big\.bin\n$" % up.file_id)
+        status, out, err = run_cli(["pending", "--json"])
+        record = json.loads(out)
+        self.assertEqual((record["id"], record["name"], record["size"], record["partsDone"],
+                          record["partsTotal"]), (up.file_id, "big.bin", 1 * MiB, 1, 16))
+        mark = len(self.fake.log)
+        status, out, err = run_cli(["upload", path, "--resume", "--threshold", "256K"])
+        self.assertEqual(status, 0, err)
+        self.assertEqual(sum(r.plane == "storage" for r in self.fake.log[mark:]), 15)
+        self.assertEqual(self.stored(), {"big.bin": data})
+        self.assertEqual(run_cli(["pending"])[1], "")
+
+    def test_abort_takes_ids_or_all_and_says_which_it_did_not_find(self) -> None:
+        self.kept_upload("one.bin", seed=1)
+        self.kept_upload("two.bin", seed=2)
+        ids = {up.file_id: up for up in self.fake.multipart.values()}
+        first, second = sorted(ids)
+        status, out, err = run_cli(["abort", first, "no-such-id"])
+        self.assertEqual((status, out), (1, "aborted %s\n" % first))
+        self.assertRegex(err, r"^fileslink: error: no-such-id: no such pending upload")
+        self.assertEqual(ids[first].state, "aborted")
+        status, out, err = run_cli(["abort", "--all", "--json"])
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(json.loads(out), {"id": second, "aborted": True})
+        self.assertEqual(ids[second].state, "aborted")
+        self.assertEqual(run_cli(["pending"])[1], "")
+
+    @unittest.skipUnless(os.name == "posix", "sends SIGINT")
+    def test_ctrl_c_with_resume_keeps_the_upload_and_says_how_to_go_on(self) -> None:
+        self.need_sigint()
+        path, _ = self.make_file("big.bin", 1 * MiB)
+        self.fake.inject("storage", delay=30)               # part 1 stalls
+        self.once_answered("storage", self.interrupt)       # part 2 is in
+        status, out, err = run_cli(["upload", path, "--resume", "--threshold", "256K",
+                                    "--workers", "2"])
+        self.assertEqual(status, 130, err)
+        self.assertEqual(err.splitlines()[-1], "fileslink: interrupted; the same command "
+                         "continues what was kept (`fileslink pending` lists it)")
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["open"])
+        self.assertIn("big.bin", run_cli(["pending"])[1])
+
+
 class TestCliEncoding(CliCase):
     """A name stdout cannot encode is escaped (issue 9 item 10)."""
 
@@ -5429,6 +5514,324 @@ class TestCliEncoding(CliCase):
         names = sorted(line.split(" -> ")[0] for line in child.stdout.decode("cp1252").splitlines())
         self.assertEqual(names, ["\\u65e5\\u672c.txt", "caf\\ufffd.txt", "z.txt"])
         self.assertEqual(sorted(self.stored()), ["caf\ufffd.txt", "z.txt", "日本.txt"])
+
+
+# ---------------------------------------------------------------------------
+# The journal of resumable uploads, on its own (no engine, no Client)
+# ---------------------------------------------------------------------------
+
+#: A second process for the journal tests: argv = repo, mode, state dir, path.
+_JOURNAL_CHILD = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import fileslink
+mode, state, path = sys.argv[2:5]
+try:
+    journal = fileslink._Journal.open(state, "https://api.example", "folder-1", path)
+except fileslink.ConfigError as exc:
+    print(exc)
+    sys.exit(3)
+if mode == "crash-before-rename":
+    os.replace = lambda *args: os._exit(9)     # dies where a power cut could
+    journal.create(json.loads(sys.stdin.read()))
+print("locked")
+"""
+
+
+def _signed_url(number: int, signed_at: float, lifetime: int, vendor: str = "Amz") -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(signed_at))
+    return ("https://storage.example/bucket/big.bin?partNumber=%d&uploadId=up-1&X-%s-Date=%s"
+            "&X-%s-Expires=%d&X-%s-Signature=%s" % (number, vendor, stamp, vendor, lifetime,
+                                                     vendor, "ab" * 32))
+
+
+def _mode_of(path: str) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def _query_of(url: str) -> Dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query))
+
+
+class TestJournal(unittest.TestCase):
+
+    base_url, folder = "https://api.example", "folder-1"
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="fileslink-journal-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.state = os.path.join(self.tmp, "state")
+        self.path = self.write("big.bin", pseudo_random_bytes(3 * MiB))
+        self.now = float(int(time.time()))
+
+    def write(self, name: str, data: bytes) -> str:
+        path = os.path.join(self.tmp, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def open(self, path: Optional[str] = None) -> "fileslink._Journal":
+        journal = fileslink._Journal.open(self.state, self.base_url, self.folder, path or self.path)
+        self.addCleanup(journal.close)
+        return journal
+
+    def record(self, urls: Optional[List[str]] = None, path: Optional[str] = None,
+               file_id: str = "file-1", upload_id: str = "up-1") -> Dict[str, Any]:
+        if urls is None:
+            urls = [_signed_url(n, self.now, 3600) for n in (1, 2, 3)]
+        return fileslink._journal_record(
+            self.base_url, self.folder, fileslink._source_identity(path or self.path),
+            file_id=file_id, upload_id=upload_id, key="k/big.bin", bucket="bucket",
+            name="big.bin", mime_type="application/octet-stream", size=3 * MiB,
+            part_size=-(-3 * MiB // len(urls)), urls=urls, now=self.now)
+
+    def child(self, mode: str, stdin: bytes = b"") -> "subprocess.CompletedProcess[str]":
+        return subprocess.run([sys.executable, "-c", _JOURNAL_CHILD, HERE, mode, self.state,
+                               self.path], input=stdin.decode(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+
+    def files(self) -> List[str]:
+        return sorted(os.listdir(self.state))
+
+    def test_state_dir_is_the_variable_else_the_user_cache_directory(self) -> None:
+        if os.name == "nt":
+            self.skipTest("the POSIX layout")
+        rows = [({"FILESLINK_STATE_DIR": "/s", "XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/s"),
+                ({"XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/x/fileslink"),
+                ({"XDG_CACHE_HOME": "relative", "HOME": "/h"}, "/h/.cache/fileslink"),
+                ({"FILESLINK_STATE_DIR": "", "HOME": "/h"}, "/h/.cache/fileslink")]
+        for environ, want in rows:
+            with self.subTest(environ):
+                self.assertEqual(fileslink._state_dir(environ), want)
+
+    def test_journal_files_are_0600_in_a_0700_directory_and_never_hold_the_api_key(self) -> None:
+        with FakeFilesLink() as fake:          # the fake's real part URLs, as initiate gives them
+            meta = {"fileMetadata": {"name": "big.bin", "size": 3 * MiB,
+                                     "mimeType": "application/octet-stream"}}
+            status, _, body = _http(
+                fake.base_url + "/v1/files/multipart/%s/initiate" % fake.folder_id, "POST",
+                json.dumps(meta).encode(), {"Authorization": fake.api_key,
+                                            "Content-Type": "application/json"})
+        self.assertEqual(status, 200)
+        data = json.loads(body)["data"]
+        urls = [p["url"] for p in data["parts"]]
+        journal = self.open()
+        record = self.record(urls)
+        journal.create(record)
+        journal.add_part(1, '"etag-1"')
+        self.assertEqual(_mode_of(self.state), 0o700)
+        self.assertEqual({name: _mode_of(os.path.join(self.state, name)) for name in self.files()},
+                         {journal.name + suffix: 0o600 for suffix in (".json", ".lock", ".parts")})
+        for name in self.files():
+            with open(os.path.join(self.state, name), "rb") as f:
+                self.assertNotIn(fake.api_key.encode(), f.read(), name)
+        signed = calendar.timegm(time.strptime(_query_of(urls[0])["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+        self.assertEqual(journal.load()["parts"][0]["expires"], signed + fake.url_ttl)
+        with self.assertRaises(ValueError):    # a record with anything more is refused
+            journal.create(dict(record, api_key=fake.api_key))
+        self.assertEqual(journal.load()["etags"], {1: '"etag-1"'})
+
+    def test_a_crash_between_write_and_rename_leaves_the_old_record_whole(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        journal.add_part(1, '"a"')
+        old = journal.load()
+        journal.close()
+        child = self.child("crash-before-rename",
+                           json.dumps(self.record(upload_id="up-2")).encode())
+        self.assertEqual(child.returncode, 9, child.stderr)
+        self.assertTrue(any(name.endswith(".tmp") for name in self.files()), self.files())
+        again = self.open()
+        self.assertEqual(again.load(), old)
+        self.assertFalse([name for name in self.files() if name.endswith(".tmp")])
+
+    def test_a_torn_part_record_counts_as_not_stored_and_the_next_one_survives(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        journal.add_part(1, '"a"')
+        journal.close()
+        with open(os.path.join(self.state, journal.name + ".parts"), "ab") as f:
+            f.write(b'{"n": 2, "etag": "\\"b')    # kill -9 in the middle of an append
+        again = self.open()
+        self.assertEqual(again.load()["etags"], {1: '"a"'})
+        again.add_part(3, '"c"')
+        self.assertEqual(again.load()["etags"], {1: '"a"', 3: '"c"'})
+
+    def test_a_corrupt_journal_reads_as_absent_and_says_so_at_debug_level(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        with open(os.path.join(self.state, journal.name + ".json"), "wb") as f:
+            f.write(b'{"version": 1, "parts": [')
+        with self.assertLogs("fileslink", "DEBUG") as logs:
+            self.assertIsNone(journal.load())
+        self.assertIn("ignoring the journal", logs.output[0])
+        self.assertEqual(fileslink._Journal.entries(self.state), [])
+        journal.create(self.record())          # and a fresh upload simply replaces it
+        self.assertEqual(journal.load()["upload_id"], "up-1")
+
+    def test_a_second_process_is_refused_while_the_first_holds_the_journal(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        refused = self.child("lock")
+        self.assertEqual(refused.returncode, 3, refused.stderr)
+        self.assertIn("%s is being uploaded by another fileslink process (pid %d)"
+                      % (self.path, os.getpid()), refused.stdout)
+        journal.close()
+        granted = self.child("lock")
+        self.assertEqual((granted.returncode, granted.stdout), (0, "locked\n"), granted.stderr)
+        journal = self.open()
+        journal.remove()                       # the lock file goes too, unlinked under the lock
+        journal.close()
+        self.assertEqual(self.files(), [])
+        self.open().close()                    # and a new one is made for the next upload
+
+    def test_open_refuses_a_state_directory_it_cannot_write(self) -> None:
+        plain = self.write("plain-file", b"x")
+        for label, state in (("its parent is a regular file", os.path.join(plain, "state")),
+                             ("it is a regular file", plain)):
+            with self.subTest(label):
+                with self.assertRaises(fileslink.ConfigError) as cm:
+                    fileslink._Journal.open(state, self.base_url, self.folder, self.path)
+                self.assertIn(state, str(cm.exception))
+                self.assertIn("FILESLINK_STATE_DIR", str(cm.exception))
+        with open(plain, "rb") as f:
+            self.assertEqual(f.read(), b"x")
+
+    def test_url_expiry_reads_amz_and_goog_lifetimes(self) -> None:
+        rows = [("amz", _signed_url(1, self.now, 900), self.now + 900),
+                ("goog", _signed_url(1, self.now, 604800, "Goog"), self.now + 604800),
+                ("names in lower case", _signed_url(1, self.now, 60).replace("X-Amz-", "x-amz-"),
+                 self.now + 60),
+                ("no lifetime", "https://storage.example/b/k?partNumber=1&sig=abc", None),
+                ("a date without a lifetime", _signed_url(1, self.now, 1).replace(
+                    "X-Amz-Expires", "X-Other"), None),
+                ("a 13th month", "https://s.example/k?X-Amz-Date=20241301T000000Z"
+                                 "&X-Amz-Expires=900", None),
+                ("a lifetime that is not a number", _signed_url(1, self.now, 900).replace(
+                    "Expires=900", "Expires=soon"), None)]
+        for label, url, want in rows:
+            with self.subTest(label):
+                self.assertEqual(fileslink._url_expiry(url), want)
+
+    def test_source_identity_sees_a_rewritten_end_but_not_a_read(self) -> None:
+        before = fileslink._source_identity(self.path)
+        with open(self.path, "rb") as f:
+            f.read()
+        self.assertEqual(fileslink._source_identity(self.path), before)
+        st = os.stat(self.path)
+        with open(self.path, "r+b") as f:       # same size, new last byte, mtime put back
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+            f.seek(-1, os.SEEK_END)
+            f.write(bytes([last[0] ^ 0xFF]))
+        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        after = fileslink._source_identity(self.path)
+        self.assertEqual({k: after[k] for k in ("size", "mtime_ns", "inode")},
+                         {k: before[k] for k in ("size", "mtime_ns", "inode")})
+        self.assertNotEqual(after["digest"], before["digest"])
+        small = self.write("small.txt", b"hello world")
+        first = fileslink._source_identity(small)["digest"]
+        self.write("small.txt", b"hello World")
+        self.assertNotEqual(fileslink._source_identity(small)["digest"], first)
+
+    def test_resume_check_says_why_a_journal_cannot_be_resumed(self) -> None:
+        now = self.now
+        record = dict(self.record(), etags={})
+        same = fileslink._source_identity(self.path)
+
+        def changed(**kw: Any) -> Dict[str, Any]:
+            return dict(same, **kw)
+
+        def parts(*lifetimes: int) -> Dict[str, Any]:
+            return dict(self.record([_signed_url(n, now, t) for n, t in enumerate(lifetimes, 1)]),
+                        etags={})
+
+        rows: List[Tuple[str, Dict[str, Any], str, str, Dict[str, Any], float, Optional[str]]] = [
+            ("the same upload", record, self.base_url, self.folder, same, now, None),
+            ("another API", record, "https://other.example", self.folder, same, now,
+             "started against https://api.example, not https://other.example"),
+            ("another folder", record, self.base_url, "folder-2", same, now,
+             "in folder folder-1, not folder-2"),
+            ("a new size", record, self.base_url, self.folder, changed(size=5), now,
+             "size 3145728 -> 5"),
+            ("another inode", record, self.base_url, self.folder, changed(inode=1), now,
+             "replaced"),
+            ("a new mtime", record, self.base_url, self.folder, changed(mtime_ns=1), now,
+             "modified"),
+            ("other bytes", record, self.base_url, self.folder, changed(digest="0" * 64), now,
+             "its start or end differs"),
+            ("expired", record, self.base_url, self.folder, same, now + 3700,
+             "the URLs of its 3 parts left expired 100 s ago"),
+            ("expiring within the margin", record, self.base_url, self.folder, same, now + 3570,
+             "the URLs of its 3 parts left expire in 30 s"),
+            ("only stored parts expired", dict(parts(60, 60, 7200), etags={1: "a", 2: "b"}),
+             self.base_url, self.folder, same, now + 600, None),
+            ("every part stored", dict(record, etags={1: "a", 2: "b", 3: "c"}), self.base_url,
+             self.folder, same, now + 86400, None),
+            ("URLs that carry no lifetime", dict(self.record(["https://s.example/1"]), etags={}),
+             self.base_url, self.folder, same, now + 86400, None),
+        ]
+        for label, rec, base_url, folder, identity, at, reason in rows:
+            with self.subTest(label):
+                got = fileslink._resume_check(rec, base_url, folder, identity, at)
+                if reason is None:
+                    self.assertIsNone(got)
+                else:
+                    self.assertIn(reason, got or "")
+
+    def test_pending_lists_every_journal_and_claim_locks_one_to_remove_it(self) -> None:
+        other = self.write("other.bin", b"other")
+        first, second = self.open(), self.open(other)
+        first.create(self.record([_signed_url(n, self.now, 60 * n) for n in (1, 2, 3)]))
+        first.add_part(1, '"a"')
+        first.add_part(2, '"b"')
+        second.create(self.record(path=other, file_id="file-2", upload_id="up-2"))
+        pending = sorted(map(fileslink._pending, fileslink._Journal.entries(self.state)),
+                         key=lambda p: p.id)
+        self.assertEqual(pending[0], fileslink.PendingUpload(
+            "file-1", "big.bin", 3 * MiB, 2, 3, self.now + 180, self.folder, self.path))
+        self.assertEqual((pending[1].id, pending[1].parts_done, pending[1].path),
+                         ("file-2", 0, other))
+        with self.assertRaises(AttributeError):
+            pending[0].parts_done = 3
+        self.assertEqual(pending[0].to_dict()["partsDone"], 2)
+        with self.assertRaises(fileslink.ConfigError):   # `first` is still uploading it
+            fileslink._Journal.claim(self.state, "file-1")
+        first.close()
+        claimed = fileslink._Journal.claim(self.state, "file-1")
+        assert claimed is not None
+        claimed.remove()
+        claimed.close()
+        self.assertEqual([r["file_id"] for r in fileslink._Journal.entries(self.state)],
+                         ["file-2"])
+        self.assertEqual([n for n in self.files() if n.startswith(claimed.name)], [])
+        self.assertIsNone(fileslink._Journal.claim(self.state, "file-1"))
+        self.assertEqual(fileslink._Journal.entries(os.path.join(self.tmp, "nowhere")), [])
+
+    def test_parts_recorded_from_many_threads_on_a_10000_part_journal_all_read_back(self) -> None:
+        # 400 parts, not 10,000: each add_part waits for an fsync (~0.3 ms here).
+        urls = [_signed_url(n, self.now, 3600) for n in range(1, 10001)]
+        journal = self.open()
+        journal.create(self.record(urls))
+        etags = {n: '"%032x"' % n for n in range(1, 10001, 25)}
+        numbers = sorted(etags)
+
+        def record_parts(share: List[int]) -> None:
+            for n in share:
+                journal.add_part(n, etags[n])
+
+        threads = [threading.Thread(target=record_parts, args=(numbers[k::8],)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        loaded = journal.load()
+        self.assertEqual(loaded["etags"], etags)
+        self.assertEqual(fileslink._pending(loaded).parts_done, 400)
+        with open(os.path.join(self.state, journal.name + ".parts"), "rb") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 401)      # the header, then one whole line per part
+        self.assertTrue(all(json.loads(line) for line in lines))
 
 
 # ---------------------------------------------------------------------------
