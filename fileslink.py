@@ -3269,7 +3269,7 @@ class _Screen:
         self._ansi = os.environ.get("TERM", "") != "dumb"
         self._drawn = 0  # the width of the progress line on screen; 0: none
         self._lock = threading.RLock()  # one writer at a time: workers draw progress
-        self.stopped: List[BaseException] = []  # files a stop cut short (_Stopped)
+        self.stopped: List[_Stopped] = []  # the files a stop cut short
 
     def result(self, text: str) -> None:
         """One line on stdout; a closed stdout stops the run (_StdoutClosed)."""
@@ -3409,7 +3409,11 @@ def _trap_sigterm() -> Callable[[], None]:
         raise _Terminated()
 
     old = signal.signal(signal.SIGTERM, terminate)
-    return lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+    return restore
 
 
 def _silence(stream: Any) -> None:
@@ -3560,6 +3564,12 @@ def _selected(name: str, rules: Sequence[Tuple[str, str]]) -> bool:
     return keep
 
 
+def _excluded(entry: Entry, rules: Sequence[Tuple[str, str]]) -> bool:
+    """Filters choose among files by name; a stream (-) is always sent."""
+    name, source, _ = entry
+    return isinstance(source, str) and not _selected(name, rules)
+
+
 # -- arguments ------------------------------------------------------------------
 
 def _parser() -> Any:
@@ -3580,7 +3590,8 @@ def _parser() -> Any:
             except ValueError as exc:  # argparse would print "invalid convert value"
                 raise argparse.ArgumentTypeError(str(exc)) from None
             if value < low:
-                raise argparse.ArgumentTypeError("%s must be at least %d, not %r" % (what, low, text))
+                raise argparse.ArgumentTypeError("%s must be at least %d, not %r"
+                                                 % (what, low, text))
             return value
         return convert
 
@@ -3617,10 +3628,11 @@ def _parser() -> Any:
 
     def command(name: str, summary: str, examples: Sequence[str], description: str = "") -> Any:
         # allow_abbrev is not inherited by subcommands (3.8 to 3.13): say it again.
+        epilog = "example%s:\n%s" % ("s" if len(examples) > 1 else "",
+                                     "\n".join("  " + e for e in examples))
         cmd = sub.add_parser(name, help=summary, description=description or summary,
-                             allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-                             epilog="example%s:\n%s" % ("s" if len(examples) > 1 else "",
-                                                        "\n".join("  " + e for e in examples)))
+                             epilog=epilog, allow_abbrev=False,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
         global_options(cmd, lambda value: argparse.SUPPRESS)
         cmd.set_defaults(usage=cmd)
         return cmd
@@ -3661,7 +3673,8 @@ def _parser() -> Any:
                     help="keep an interrupted multipart upload to continue it when the same "
                     "command runs again (see `fileslink pending`)")
 
-    ls = command("ls", "list the files of a folder", ["fileslink ls", "fileslink ls FOLDER_ID --json"])
+    ls = command("ls", "list the files of a folder",
+                 ["fileslink ls", "fileslink ls FOLDER_ID --json"])
     ls.add_argument("folder_id", nargs="?", metavar="FOLDER_ID",
                     help="the folder (default --folder, then $%s)" % _ENV_FOLDER)
     rm = command("rm", "delete files", ["fileslink rm FILE_ID [FILE_ID ...]"])
@@ -3760,16 +3773,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         restore_log()
 
 
-def _stop_line(exc: BaseException, stopped: List[Any], args: Any) -> str:
+def _stop_line(exc: BaseException, stopped: List[_Stopped], args: Any) -> str:
     """The one line a stop ends with: what was aborted, what was kept."""
     line = "fileslink: %s" % ("terminated" if isinstance(exc, _Terminated) else "interrupted")
-    aborted = sum(1 for s in stopped if getattr(s, "aborted", None) is True)
-    failed = sum(1 for s in stopped if getattr(s, "aborted", None) is False)
+    aborted = sum(1 for s in stopped if s.aborted is True)
+    failed = sum(1 for s in stopped if s.aborted is False)
     if aborted:
-        line += "; %d unfinished multipart upload%s aborted" % (aborted, "" if aborted == 1 else "s")
+        line += "; %d unfinished multipart upload%s aborted" % (
+            aborted, "" if aborted == 1 else "s")
     if failed:
         line += "; %d could not be aborted (see above)" % failed
-    if getattr(args, "resume", False) and any(getattr(s, "aborted", 0) is None for s in stopped):
+    if getattr(args, "resume", False) and any(s.aborted is None for s in stopped):
         line += "; the same command continues what was kept (`fileslink pending` lists it)"
     return line
 
@@ -3783,15 +3797,15 @@ def _emit(screen: _Screen, args: Any, record: Json, line: str) -> None:
 def _cmd_upload(client: Client, args: Any, screen: _Screen) -> int:
     folder = _folder(args)
     found, failed = _walk(args.paths, args.name, screen)
-    entries = [e for e in found if not isinstance(e[1], str) or _selected(e[0], args.rules)]
     if args.dry_run:
-        _dry_run(client, folder, args, screen, found, entries)
+        _dry_run(client, folder, args, screen, found)
         return 1 if failed else 0
+    entries = [entry for entry in found if not _excluded(entry, args.rules)]
     if not entries:
         if not failed:
             screen.message("fileslink: nothing to upload: %s" % (
-                "%d files, all excluded" % len(found) if found else "no files in %s"
-                % ", ".join(args.paths)))
+                "%d excluded by --exclude/--include" % len(found) if found
+                else "no files in %s" % ", ".join(args.paths)))
         return 1 if failed else 0
     sizes = [size for _, _, size in entries]
     total = None if None in sizes else sum(s or 0 for s in sizes)
@@ -3825,17 +3839,17 @@ def _cmd_upload(client: Client, args: Any, screen: _Screen) -> int:
 
 
 def _dry_run(client: Client, folder: str, args: Any, screen: _Screen,
-             found: List[Entry], chosen: List[Entry]) -> None:
+             found: List[Entry]) -> None:
     """What upload would do, with no presign, initiate or confirm call:
-    only the folder's listing, for --skip-existing."""
+    only the folder's listing, for --skip-existing (the index the library
+    skips by)."""
     existing = _index_existing(client.list_files(folder)) if args.skip_existing else {}
-    kept = set(id(entry) for entry in chosen)
     counts = {"upload": 0, "skip": 0, "exclude": 0}
     for entry in found:
         name, _, size = entry
         there = existing.get((name, size)) if size is not None else None
         record: Json = {"name": name, "size": size, "dryRun": True}
-        if id(entry) not in kept:
+        if _excluded(entry, args.rules):
             record["excluded"] = True
             _emit(screen, args, record, "%s excluded" % name)
             counts["exclude"] += 1
