@@ -3254,6 +3254,11 @@ def upload(source: Source, folder_id: Optional[str] = None, *, name: Optional[st
 # ---------------------------------------------------------------------------
 # Command line
 # ---------------------------------------------------------------------------
+#
+# The CLI writes through one _Screen: result lines on stdout, messages on
+# stderr, and on a terminal a progress line that every other write clears
+# first. Nothing here reaches into another object's private state; the
+# library's warnings arrive as log records, through the same _Screen.
 
 _SUFFIXES = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
@@ -3266,302 +3271,718 @@ def _parse_size(text: str) -> int:
     return int(float(match.group(1)) * _SUFFIXES[match.group(2).upper()])
 
 
+def _whole(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError("not a whole number: %r" % text) from None
+
+
 def _human(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024 or unit == "GiB":
-            return "%d B" % n if unit == "B" else "%.1f %s" % (n, unit)
+            break
         n /= 1024.0
-    raise AssertionError("unreachable")
+    return "%d B" % n if unit == "B" else "%.1f %s" % (n, unit)
 
 
 def _clock(seconds: float) -> str:
     seconds = int(seconds + 0.5)
-    return "%d:%02d:%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60) \
-        if seconds >= 3600 else "%d:%02d" % (seconds // 60, seconds % 60)
+    if seconds >= 3600:
+        return "%d:%02d:%02d" % (seconds // 3600, seconds // 60 % 60, seconds % 60)
+    return "%d:%02d" % (seconds // 60, seconds % 60)
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM arrived: the run stops as on Ctrl-C (the library aborts what
+    it opened), and the CLI exits 143."""
+
+
+class _StdoutClosed(KeyboardInterrupt):
+    """The reader of stdout went away (`| head -1`): the run stops as on
+    Ctrl-C, and the CLI ends quietly with status 0."""
+
+
+def _write(stream: Any, text: str) -> None:
+    """Write text the stream's encoding may not hold (a cp1252 console, a
+    name with undecodable bytes): what it cannot encode is escaped."""
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:
+        encoding = getattr(stream, "encoding", None) or "ascii"
+        stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or closed
+        return False
+
+
+def _columns(stream: Any) -> int:
+    """The terminal's width: $COLUMNS if set (as shutil has it), else the
+    width of the terminal the stream writes to, else 80."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        try:
+            columns = os.get_terminal_size(stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns if columns > 0 else 80  # 0: a terminal that does not say
+
+
+class _Screen:
+    """Every write of the CLI. Results go to stdout, messages to stderr; on
+    a terminal, the progress line is cleared before either, so no line
+    ever holds both, and the next update draws it again. With TERM=dumb it
+    is cleared with spaces instead of escape codes."""
+
+    def __init__(self, out: Any, err: Any) -> None:
+        self.out, self.err = out, err
+        self.tty = _isatty(err)
+        self._ansi = os.environ.get("TERM", "") != "dumb"
+        self._drawn = 0  # the width of the progress line on screen; 0: none
+        self._lock = threading.RLock()  # one writer at a time: workers draw progress
+        self.stopped: List[_Stopped] = []  # the files a stop cut short
+
+    def result(self, text: str) -> None:
+        """One line on stdout; a closed stdout stops the run (_StdoutClosed)."""
+        with self._lock:
+            self.clear()
+            try:
+                _write(self.out, text + "\n")
+                self.out.flush()
+            except BrokenPipeError:
+                raise _StdoutClosed() from None
+
+    def message(self, text: str) -> None:
+        """One line on stderr: an error, a warning, a notice, a summary."""
+        with self._lock:
+            self.clear()
+            self._err(text + "\n")
+
+    def status(self, text: str) -> None:
+        """Draw the progress line, cut to the terminal's width (the last
+        column is left free: some terminals wrap when it is written)."""
+        with self._lock:
+            text = text[:_columns(self.err) - 1]
+            tail = "\x1b[K" if self._ansi else " " * max(self._drawn - len(text), 0)
+            self._err("\r" + text + tail)
+            self._drawn = len(text)
+
+    def clear(self) -> None:
+        with self._lock:
+            if self._drawn:
+                self._err("\r\x1b[K" if self._ansi else "\r%s\r" % (" " * self._drawn))
+                self._drawn = 0
+
+    def _err(self, text: str) -> None:
+        try:
+            _write(self.err, text)
+            self.err.flush()
+        except (OSError, ValueError):  # stderr closed: nowhere left to say it
+            pass
 
 
 class _Bar:
-    """Progress on stderr: one line redrawn in place on a terminal, and a
-    summary at the end (plain text elsewhere: CI logs, Lambda)."""
+    """The progress line: files ended, bytes sent (of how many, when every
+    size is known), rate, ETA. Redrawn at most ten times a second from the
+    workers' progress calls, and whenever a file ends."""
 
-    def __init__(self, stream: Any, files: int, total: int, tty: bool) -> None:
-        self._stream, self._files, self._total, self._tty = stream, files, total, tty
-        self._lock = threading.Lock()
+    def __init__(self, screen: _Screen, files: int, total: Optional[int]) -> None:
+        self._screen, self._files, self._total = screen, files, total
+        self._lock = threading.Lock()  # guards the counters below
         self._sent: Dict[str, int] = {}
-        self._bytes = self._done = self._failed = 0
+        self._bytes = 0
+        self.counts = {"done": 0, "skipped": 0, "failed": 0}
         self._start = self._drawn = time.monotonic()
 
     def update(self, name: str, sent: int, total: int) -> None:
         with self._lock:
             self._bytes += sent - self._sent.get(name, 0)
             self._sent[name] = sent
-            self._draw(False)
+            now = time.monotonic()
+            if now - self._drawn < 0.1:
+                return
+            self._drawn = now
+            line = self._line(now)
+        self._screen.status(line)
 
-    def file_done(self, name: str, ok: bool) -> None:
+    def file_done(self, name: str, outcome: str, size: Optional[int]) -> None:
+        """outcome: "done", "skipped" (its bytes leave the total) or "failed"."""
         with self._lock:
             self._sent.pop(name, None)
-            self._done += ok
-            self._failed += not ok
-            self._draw(True)
+            self.counts[outcome] += 1
+            if outcome == "skipped" and self._total is not None and size:
+                self._total -= size
+            line = self._line(time.monotonic())
+        self._screen.status(line)
 
-    def _draw(self, force: bool) -> None:
-        now = time.monotonic()
-        if not self._tty or (not force and now - self._drawn < 0.1):
-            return
-        self._drawn = now
-        elapsed = max(now - self._start, 1e-6)
-        rate = self._bytes / elapsed
-        line = "%d/%d files  %s / %s  %s/s" % (
-            self._done + self._failed, self._files, _human(self._bytes), _human(self._total),
-            _human(rate))
+    def _line(self, now: float) -> str:
+        rate = self._bytes / max(now - self._start, 1e-6)
+        ended = sum(self.counts.values())
+        if self._total is None:  # a stream: its size is known only at its end
+            return "%d/%d files  %s  %s/s" % (ended, self._files, _human(self._bytes),
+                                              _human(rate))
+        line = "%d/%d files  %s / %s  %s/s" % (ended, self._files, _human(self._bytes),
+                                               _human(self._total), _human(rate))
         if rate > 0 and self._total > self._bytes:
             line += "  ETA %s" % _clock((self._total - self._bytes) / rate)
-        self._stream.write("\r" + line + "\x1b[K")
-        self._stream.flush()
+        return line
 
-    def finish(self) -> None:
+    def summary(self) -> str:
         with self._lock:
             elapsed = max(time.monotonic() - self._start, 1e-6)
-            if self._tty:
-                self._stream.write("\r\x1b[K")
-            failed = ", %d failed" % self._failed if self._failed else ""
-            self._stream.write("%d file%s%s, %s in %.1f s (%s/s)\n" % (
-                self._done, "" if self._done == 1 else "s", failed, _human(self._bytes),
-                elapsed, _human(self._bytes / elapsed)))
-            self._stream.flush()
+            done, skipped, failed = (self.counts[k] for k in ("done", "skipped", "failed"))
+            return "%d file%s%s%s, %s in %.1f s (%s/s)" % (
+                done, "" if done == 1 else "s",
+                ", %d skipped" % skipped if skipped else "",
+                ", %d failed" % failed if failed else "",
+                _human(self._bytes), elapsed, _human(self._bytes / elapsed))
+
+
+def _show_log(screen: _Screen, verbose: int) -> Callable[[], None]:
+    """Send the "fileslink" logger's records to the screen: warnings always
+    (what a person must see survives --quiet and a pipe), -v adds info,
+    -vv debug. Returns what puts the logger back as it was found."""
+    import logging
+
+    class ToScreen(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                text = record.getMessage()
+            except Exception:  # a malformed record is logging's to report
+                self.handleError(record)
+                return
+            screen.message("fileslink: %s: %s" % (record.levelname.lower(), _clean_name(text)))
+
+    logger = logging.getLogger("fileslink")
+    handler = ToScreen()
+    saved = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False  # an application's root handler must not print them twice
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+    return restore
+
+
+def _trap_sigterm() -> Callable[[], None]:
+    """SIGTERM (containers, systemd, `timeout`) raises _Terminated, so it
+    ends a run as Ctrl-C does. Returns what restores the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None  # signals can only be caught in the main thread
+    import signal
+
+    def terminate(signum: int, frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the abort short
+        raise _Terminated()
+
+    old = signal.signal(signal.SIGTERM, terminate)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+
+    return restore
+
+
+def _silence(stream: Any) -> None:
+    """Point a closed stdout at /dev/null, so that the interpreter's last
+    flush at exit cannot report "Broken pipe" either."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, ValueError, OSError):
+        return  # not a file: nothing will flush to a dead pipe
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _certificate_refused(exc: BaseException) -> bool:
+    ssl = sys.modules.get("ssl")
+    seen: Optional[BaseException] = exc
+    while seen is not None and ssl is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _describe(exc: BaseException) -> str:
     """One line a user can act on."""
     if isinstance(exc, OSError) and exc.strerror:
-        return "%s: %s" % (exc.filename or "file", exc.strerror)
+        where = exc.filename if isinstance(exc.filename, str) else "file"
+        return "%s: %s" % (_clean_name(where), exc.strerror)
     text = str(exc) or type(exc).__name__
     if isinstance(exc, APIError) and exc.status == 400 and "limit" in exc.message.lower():
         return "storage limit exceeded: %s" % text
     if isinstance(exc, AuthError) and exc.status == 401:
         return "%s; check %s" % (text, _ENV_KEY)
+    if _certificate_refused(exc):
+        return "%s (if a proxy re-signs TLS, --ca-bundle FILE adds its CA)" % text
     return text
 
 
-def _walk(paths: Sequence[str], name: Optional[str]) -> List[Tuple[str, Any]]:
-    """(name, source) per file: a directory's files by their path under it, with '/'."""
-    items: List[Tuple[str, Any]] = []
+def _reason(exc: BaseException) -> str:
+    """Why one file failed, its name being already on the line."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return _describe(exc)
+
+
+# -- what a directory holds ---------------------------------------------------
+
+if TYPE_CHECKING:
+    #: (name, source, size): size None when only reading the source tells it.
+    Entry = Tuple[str, Any, Optional[int]]
+
+
+def _kind(mode: int) -> str:
+    import stat
+
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "a special file"
+
+
+def _walk(paths: Sequence[str], name: Optional[str], screen: _Screen) -> Tuple[List[Entry], int]:
+    """The files to upload, and how many paths could not be read (each
+    reported on one line). A directory gives every regular file under it,
+    named by its path below it with '/'; see _tree."""
+    import stat
+
+    entries: List[Entry] = []
+    failed = 0
     for path in paths:
         if path == "-":
-            items.append((name or "", sys.stdin.buffer))
-        elif os.path.isdir(path):
-            for root, dirs, files in os.walk(path):
-                dirs.sort()
-                for entry in sorted(files):
-                    full = os.path.join(root, entry)
-                    rel = os.path.relpath(full, path).replace(os.sep, "/")
-                    items.append((_clean_name(rel), full))
-        else:
-            items.append((name or _clean_name(os.path.basename(path.rstrip("/\\")) or path), path))
-    return items
+            entries.append((name or "", sys.stdin.buffer, None))
+            continue
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            screen.message("fileslink: error: %s" % _describe(exc))
+            failed += 1
+            continue
+        if stat.S_ISDIR(st.st_mode):
+            failed += _tree(path, st, entries, screen)
+        else:  # not a regular file (a FIFO, <(cmd)): the library reads it as a stream
+            own = name or _clean_name(os.path.basename(path.rstrip("/\\")) or path)
+            entries.append((own, path, st.st_size if stat.S_ISREG(st.st_mode) else None))
+    return entries, failed
 
+
+def _tree(top: str, top_stat: os.stat_result, entries: List[Entry], screen: _Screen) -> int:
+    """Add the regular files under top to entries, each directory's files
+    in name order before its subdirectories; the number of failures.
+
+    Special files (FIFO, socket, device) are skipped with a warning and
+    never opened: opening a FIFO blocks. Symbolic links are followed, to
+    directories too; a link back to a directory above it (a loop) is
+    skipped with a warning. An unreadable directory or a dangling link is
+    one failure line each; the walk goes on.
+    """
+    import stat
+
+    failed = 0
+    stack = [("", top, frozenset([(top_stat.st_dev, top_stat.st_ino)]))]
+    while stack:
+        prefix, path, above = stack.pop()
+        try:
+            with os.scandir(path) as listing:
+                found = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            screen.message("fileslink: error: %s: %s" % (_clean_name(path), exc.strerror))
+            failed += 1
+            continue
+        subdirs = []
+        for entry in found:
+            shown = _clean_name(entry.path)
+            try:
+                st = entry.stat()  # follows links; a dangling one raises
+            except OSError as exc:
+                screen.message("fileslink: error: %s: %s" % (shown, exc.strerror))
+                failed += 1
+                continue
+            if stat.S_ISREG(st.st_mode):
+                entries.append((_clean_name(prefix + entry.name), entry.path, st.st_size))
+            elif stat.S_ISDIR(st.st_mode):
+                key = (st.st_dev, st.st_ino)
+                if key in above:
+                    screen.message("fileslink: warning: skipped %s: a link to a directory "
+                                   "above it (a loop)" % shown)
+                else:
+                    subdirs.append((prefix + entry.name + "/", entry.path, above | {key}))
+            else:
+                screen.message("fileslink: warning: skipped %s: %s, not a regular file"
+                               % (shown, _kind(st.st_mode)))
+        stack.extend(reversed(subdirs))
+    return failed
+
+
+def _selected(name: str, rules: Sequence[Tuple[str, str]]) -> bool:
+    """aws s3's rule: every file is in; each --exclude / --include that
+    matches the name, in the order given, decides anew (the last match
+    wins). Globs are fnmatch's, case-sensitive; '*' matches '/' too."""
+    import fnmatch
+
+    keep = True
+    for verb, pattern in rules:
+        if fnmatch.fnmatchcase(name, pattern):
+            keep = verb == "include"
+    return keep
+
+
+def _excluded(entry: Entry, rules: Sequence[Tuple[str, str]]) -> bool:
+    """Filters choose among files by name; a stream (-) is always sent."""
+    name, source, _ = entry
+    return isinstance(source, str) and not _selected(name, rules)
+
+
+# -- arguments ------------------------------------------------------------------
 
 def _parser() -> Any:
     import argparse
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-v", "--verbose", action="count", default=0,
-                        help="log to stderr: -v calls and files, -vv every request (key redacted)")
-    common.add_argument("--ca-bundle", metavar="FILE",
-                        help="also trust the CA certificates in FILE (a corporate proxy's CA)")
-    common.add_argument("--json", action="store_true", help="one JSON object per line on stdout")
+    class Parser(argparse.ArgumentParser):
+        """One error style for argparse's messages and ours: the usage of the
+        command at fault, then `fileslink: error: ...`; exit status 2."""
 
-    parser = argparse.ArgumentParser(
-        prog="fileslink", description="Upload files to files.link. The API key comes from "
-        "$FILESLINK_KEY; $FILESLINK_FOLDER and $FILESLINK_BASE_URL are optional.")
-    parser.add_argument("--version", action="version", version="fileslink " + __version__)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+        def error(self, message: str) -> Any:
+            self.print_usage(sys.stderr)
+            self.exit(2, "fileslink: error: %s\n" % message)
+
+    def checked(parse: Callable[[str], int], low: int, what: str) -> Callable[[str], int]:
+        def convert(text: str) -> int:
+            try:
+                value = parse(text)
+            except ValueError as exc:  # argparse would print "invalid convert value"
+                raise argparse.ArgumentTypeError(str(exc)) from None
+            if value < low:
+                raise argparse.ArgumentTypeError("%s must be at least %d, not %r"
+                                                 % (what, low, text))
+            return value
+        return convert
+
+    def global_options(parser: Any, default: Callable[[Any], Any]) -> None:
+        """The options every command takes, before or after its name. Only
+        the top level sets defaults: a command's would overwrite the value
+        given before the command's name."""
+        group = parser.add_argument_group("options of every command, before or after its name")
+        group.add_argument("-v", "--verbose", action="count", default=default(0),
+                            help="log to stderr: -v each file, API call and retry; "
+                            "-vv every request, storage included (the key redacted)")
+        group.add_argument("-q", "--quiet", action="store_true", default=default(False),
+                            help="no progress line and no summary, even on a terminal "
+                            "(errors and warnings are still written)")
+        group.add_argument("--json", action="store_true", default=default(False),
+                            help="one JSON object per line on stdout")
+        group.add_argument("--folder", metavar="ID", default=default(None),
+                            help="the folder id (default $%s)" % _ENV_FOLDER)
+        group.add_argument("--ca-bundle", metavar="FILE", default=default(None),
+                            help="also trust the CA certificates in FILE (a corporate proxy's CA)")
+        group.add_argument("--allow-insecure", action="store_true", default=default(False),
+                            help="permit a plain-http base URL to a remote host (as "
+                            "FILESLINK_ALLOW_INSECURE=1 does); the key would cross unencrypted")
+
+    parser = Parser(prog="fileslink", allow_abbrev=False,
+                    description="Upload files to files.link. The API key comes from $%s; "
+                    "$%s and $%s are optional." % (_ENV_KEY, _ENV_FOLDER, _ENV_BASE_URL))
+    parser.add_argument("--version", action="version", version="fileslink " + __version__,
+                        help="print the version and exit")
+    global_options(parser, lambda value: value)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                help="run `fileslink COMMAND --help` for its options")
     sub.required = True
-    formatter = argparse.RawDescriptionHelpFormatter
 
-    up = sub.add_parser("upload", parents=[common], formatter_class=formatter,
-                        help="upload files and directories",
-                        description="Upload files; a directory uploads every file under it, "
-                        "named by its path below the directory.",
-                        epilog="examples:\n  fileslink upload report.pdf --folder FOLDER_ID\n"
-                        "  fileslink upload ./photos --json\n"
-                        "  pg_dump db | fileslink upload - --name db.sql")
-    up.add_argument("paths", nargs="+", metavar="PATH", help="a file, a directory, or - for stdin")
-    up.add_argument("--folder", metavar="ID", help="the folder id (default $FILESLINK_FOLDER)")
+    def command(name: str, summary: str, examples: Sequence[str], description: str = "") -> Any:
+        # allow_abbrev is not inherited by subcommands (3.8 to 3.13): say it again.
+        epilog = "example%s:\n%s" % ("s" if len(examples) > 1 else "",
+                                     "\n".join("  " + e for e in examples))
+        cmd = sub.add_parser(name, help=summary, description=description or summary,
+                             epilog=epilog, allow_abbrev=False,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        global_options(cmd, lambda value: argparse.SUPPRESS)
+        cmd.set_defaults(usage=cmd)
+        return cmd
+
+    up = command("upload", "upload files and directories", [
+        "fileslink upload report.pdf --folder FOLDER_ID",
+        "fileslink upload ./photos --skip-existing --exclude '*.tmp'",
+        "fileslink upload ./photos --dry-run",
+        "pg_dump db | fileslink upload - --name db.sql"],
+        "Upload files; a directory uploads every file under it, named by its path "
+        "below the directory.")
+    up.add_argument("paths", nargs="+", metavar="PATH",
+                    help="a file, a directory, or - for stdin")
     up.add_argument("--name", help="the name to give the file (required with -)")
     up.add_argument("--link", action="store_true", help="create permanent links and print them")
-    up.add_argument("--workers", type=int, default=8, metavar="N", help="parallel PUTs (8)")
-    def size(text: str) -> int:
-        try:
-            return _parse_size(text)
-        except ValueError as exc:  # argparse would print "invalid _parse_size value"
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    up.add_argument("--threshold", type=size, default=100 << 20, metavar="SIZE",
-                    help="multipart from this size on, e.g. 64M (100M)")
+    up.add_argument("--workers", type=checked(_whole, 1, "--workers"), default=8, metavar="N",
+                    help="parallel PUTs, files or parts (8)")
+    up.add_argument("--threshold", type=checked(_parse_size, 1, "--threshold"),
+                    default=100 << 20, metavar="SIZE",
+                    help="files of SIZE or more go multipart: in parts, sent in parallel "
+                    "(100M; K, M, G suffixes)")
     up.add_argument("--no-checksum", action="store_true",
                     help="skip the MD5 comparison with storage's ETag (faster)")
-    up.add_argument("-q", "--quiet", action="store_true", help="no progress, no summary")
+    up.add_argument("--skip-existing", action="store_true",
+                    help="skip each file whose name and size match a file in the folder")
+    up.add_argument("--dry-run", action="store_true",
+                    help="print what would be uploaded and skipped; upload nothing")
+    up.add_argument("--exclude", dest="rules", action="append", default=[], metavar="GLOB",
+                    type=lambda glob: ("exclude", glob),
+                    help="leave out files whose name (their path below the directory) "
+                    "matches GLOB; repeatable, the last matching --exclude/--include wins")
+    up.add_argument("--include", dest="rules", action="append", metavar="GLOB",
+                    type=lambda glob: ("include", glob),
+                    help="take back files an earlier --exclude left out; repeatable")
+    up.add_argument("--bwlimit", type=checked(_parse_size, 1, "--bwlimit"), metavar="RATE",
+                    help="at most RATE bytes per second across all workers (K, M, G suffixes)")
+    up.add_argument("--resume", action="store_true",
+                    help="keep an interrupted multipart upload to continue it when the same "
+                    "command runs again (see `fileslink pending`)")
 
-    ls = sub.add_parser("ls", parents=[common], formatter_class=formatter,
-                        help="list the files of a folder",
-                        epilog="example:\n  fileslink ls FOLDER_ID --json")
-    ls.add_argument("folder", metavar="FOLDER_ID")
-    rm = sub.add_parser("rm", parents=[common], formatter_class=formatter, help="delete files",
-                        epilog="example:\n  fileslink rm FILE_ID [FILE_ID ...]")
-    rm.add_argument("ids", nargs="+", metavar="FILE_ID")
-    link = sub.add_parser("link", parents=[common], formatter_class=formatter,
-                          help="create a permanent public link",
-                          epilog="example:\n  fileslink link FILE_ID")
-    link.add_argument("id", metavar="FILE_ID")
-    folders = sub.add_parser("folders", parents=[common], formatter_class=formatter,
-                             help="list the folders of a project",
-                             epilog="example:\n  fileslink folders PROJECT_ID")
-    folders.add_argument("project", metavar="PROJECT_ID")
-    projects = sub.add_parser("projects", parents=[common], formatter_class=formatter,
-                              help="list your projects", epilog="example:\n  fileslink projects")
-    projects.add_argument("--page", type=int, default=1)
+    ls = command("ls", "list the files of a folder",
+                 ["fileslink ls", "fileslink ls FOLDER_ID --json"])
+    ls.add_argument("folder_id", nargs="?", metavar="FOLDER_ID",
+                    help="the folder (default --folder, then $%s)" % _ENV_FOLDER)
+    rm = command("rm", "delete files", ["fileslink rm FILE_ID [FILE_ID ...]"])
+    rm.add_argument("ids", nargs="+", metavar="FILE_ID", help="a file to delete")
+    link = command("link", "create a permanent public link", ["fileslink link FILE_ID"])
+    link.add_argument("id", metavar="FILE_ID", help="the file to link")
+    projects = command("projects", "list your projects", ["fileslink projects"])
+    projects.add_argument("--page", type=checked(_whole, 1, "--page"), default=1, metavar="N",
+                          help="the page of the listing (1)")
+    folders = command("folders", "list the folders of a project", ["fileslink folders PROJECT_ID"])
+    folders.add_argument("project", metavar="PROJECT_ID", help="the project")
+    command("pending", "list the multipart uploads kept by --resume",
+            ["fileslink pending", "fileslink pending --json"])
+    abort = command("abort", "abort multipart uploads kept by --resume",
+                    ["fileslink abort ID [ID ...]", "fileslink abort --all"])
+    abort.add_argument("ids", nargs="*", metavar="ID", help="an upload `fileslink pending` lists")
+    abort.add_argument("--all", action="store_true", help="abort every one of them")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """The command line; returns the exit status (0 ok, 1 failed, 2 usage, 130 Ctrl-C)."""
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, or a usage error already printed
-        return exc.code if isinstance(exc.code, int) else 2
-    out, err = sys.stdout, sys.stderr
-    handler, old_level = None, 0
-    if args.verbose:
-        import logging
-
-        handler = logging.StreamHandler(err)
-        handler.setFormatter(logging.Formatter("fileslink: %(levelname)s: %(message)s"))
-        logger = logging.getLogger("fileslink")
-        old_level = logger.level
-        logger.addHandler(handler)
-        logger.setLevel(logging.DEBUG if args.verbose > 1 else logging.INFO)
-    try:
-        context = None
-        if args.ca_bundle:
-            import ssl
-
-            context = ssl.create_default_context()  # keep the system CAs: add, not replace
-            try:
-                context.load_verify_locations(cafile=args.ca_bundle)
-            except (OSError, ssl.SSLError) as exc:
-                raise ConfigError("--ca-bundle %s: %s" % (args.ca_bundle, exc)) from None
-        options: Dict[str, Any] = {"ssl_context": context}
-        if args.command == "upload":
-            if args.workers < 1:
-                raise ConfigError("--workers must be at least 1")
-            options.update(max_workers=args.workers, multipart_threshold=max(args.threshold, 1),
-                           checksum=not args.no_checksum)
-        with Client(**options) as client:
-            return int(_COMMANDS[args.command](client, args, out, err))
-    except KeyboardInterrupt:
-        err.write("\nfileslink: interrupted; unfinished multipart uploads were aborted\n")
-        return 130
-    except ConfigError as exc:
-        err.write("fileslink: %s\n" % exc)
-        return 2
-    except (FilesLinkError, OSError) as exc:
-        err.write("fileslink: error: %s\n" % _describe(exc))
-        return 1
-    finally:
-        if handler is not None:
-            import logging
-
-            logging.getLogger("fileslink").removeHandler(handler)
-            logging.getLogger("fileslink").setLevel(old_level)
+def _parse(argv: Optional[Sequence[str]]) -> Any:
+    """The arguments, checked; SystemExit (after the usage and one error
+    line, or after --help) when they cannot be run."""
+    args, unknown = _parser().parse_known_args(argv)
+    if unknown:  # reported by the command's parser, so with its usage
+        args.usage.error("unrecognized arguments: %s" % " ".join(unknown))
+    if args.command == "upload":
+        if args.name is not None and len(args.paths) > 1:
+            args.usage.error("--name goes with a single PATH")
+        if "-" in args.paths and not args.name:
+            args.usage.error("reading stdin (-) needs --name")
+    if args.command == "abort" and bool(args.ids) == args.all:
+        args.usage.error("give the IDs to abort, or --all")
+    return args
 
 
-def _emit(out: Any, args: Any, record: Any, line: str) -> None:
-    import json
-
-    out.write((json.dumps(record) if args.json else line) + "\n")
-    out.flush()
-
-
-def _cmd_upload(client: Client, args: Any, out: Any, err: Any) -> int:
-    if args.name and len(args.paths) > 1:
-        raise ConfigError("--name goes with a single PATH")
-    if "-" in args.paths and not args.name:
-        raise ConfigError("reading stdin (-) needs --name")
-    if not (args.folder or os.environ.get(_ENV_FOLDER)):
+def _folder(args: Any) -> str:
+    """The folder a command works in: --folder, else $FILESLINK_FOLDER."""
+    folder = args.folder or os.environ.get(_ENV_FOLDER)
+    if not folder:
         raise ConfigError("no folder: pass --folder ID or set %s (`fileslink projects`, then "
                           "`fileslink folders PROJECT_ID`, list them)" % _ENV_FOLDER)
-    folder = client._folder(args.folder)
-    items = _walk(args.paths, args.name)
-    if not items:
-        raise ConfigError("nothing to upload: the directories given hold no files")
-    total = 0
-    for _, source in items:
-        if isinstance(source, str):
-            try:
-                total += os.path.getsize(source)
-            except OSError:
-                pass  # reported as that file's failure
-    bar = None if args.quiet else _Bar(err, len(items), total, err.isatty())
+    return str(folder)
+
+
+def _client(args: Any) -> Client:
+    options: Dict[str, Any] = {}
+    if args.ca_bundle:
+        import ssl
+
+        context = ssl.create_default_context()  # keep the system CAs: add, not replace
+        try:
+            context.load_verify_locations(cafile=args.ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError("--ca-bundle %s: %s" % (args.ca_bundle, exc)) from None
+        options["ssl_context"] = context
+    if args.allow_insecure:  # otherwise the library reads FILESLINK_ALLOW_INSECURE
+        options["allow_insecure"] = True
+    if args.command == "upload":
+        options.update(max_workers=args.workers, multipart_threshold=args.threshold,
+                       checksum=not args.no_checksum, max_bandwidth=args.bwlimit)
+    return Client(**options)
+
+
+# -- the commands ---------------------------------------------------------------
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The command line. Returns the exit status: 0 all done (or stdout was
+    closed), 1 something failed, 2 usage or configuration, 130 interrupted
+    (Ctrl-C), 143 terminated (SIGTERM)."""
+    try:
+        args = _parse(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed
+        return exc.code if isinstance(exc.code, int) else 2
+    screen = _Screen(sys.stdout, sys.stderr)
+    restore_log = _show_log(screen, args.verbose)
+    restore_signal = _trap_sigterm()
+    try:
+        with _client(args) as client:
+            return int(_COMMANDS[args.command](client, args, screen))
+    except _StdoutClosed:
+        screen.clear()
+        _silence(sys.stdout)
+        return 0
+    except KeyboardInterrupt as exc:
+        screen.message(_stop_line(exc, screen.stopped, args))
+        return 143 if isinstance(exc, _Terminated) else 130
+    except ConfigError as exc:
+        screen.message("fileslink: error: %s" % _describe(exc))
+        return 2
+    except (FilesLinkError, OSError) as exc:
+        screen.message("fileslink: error: %s" % _describe(exc))
+        return 1
+    finally:
+        restore_signal()
+        restore_log()
+
+
+def _stop_line(exc: BaseException, stopped: List[_Stopped], args: Any) -> str:
+    """The one line a stop ends with: what was aborted, what was kept."""
+    line = "fileslink: %s" % ("terminated" if isinstance(exc, _Terminated) else "interrupted")
+    aborted = sum(1 for s in stopped if s.aborted is True)
+    failed = sum(1 for s in stopped if s.aborted is False)
+    if aborted:
+        line += "; %d unfinished multipart upload%s aborted" % (
+            aborted, "" if aborted == 1 else "s")
+    if failed:
+        line += "; %d could not be aborted (see above)" % failed
+    if getattr(args, "resume", False) and any(s.aborted is None for s in stopped):
+        line += "; the same command continues what was kept (`fileslink pending` lists it)"
+    return line
+
+
+def _emit(screen: _Screen, args: Any, record: Json, line: str) -> None:
+    import json
+
+    screen.result(json.dumps(record) if args.json else line)
+
+
+def _cmd_upload(client: Client, args: Any, screen: _Screen) -> int:
+    folder = _folder(args)
+    found, failed = _walk(args.paths, args.name, screen)
+    if args.dry_run:
+        _dry_run(client, folder, args, screen, found)
+        return 1 if failed else 0
+    entries = [entry for entry in found if not _excluded(entry, args.rules)]
+    if not entries:
+        if not failed:
+            screen.message("fileslink: nothing to upload: %s" % (
+                "%d excluded by --exclude/--include" % len(found) if found
+                else "no files in %s" % ", ".join(args.paths)))
+        return 1 if failed else 0
+    sizes = [size for _, _, size in entries]
+    total = None if None in sizes else sum(s or 0 for s in sizes)
+    bar = _Bar(screen, len(entries), total) if screen.tty and not args.quiet else None
 
     def on_file(index: int, result: Any) -> None:
-        if isinstance(result, _Stopped):
-            return  # main() prints the one line of a stopped run
-        name = items[index][0]
-        if bar is not None:
-            bar.file_done(name, isinstance(result, UploadedFile))
+        name, _, size = entries[index]
         if isinstance(result, UploadedFile):
-            _emit(out, args, result.to_dict(), "%s -> %s" % (result.name, result.url or result.id))
+            line = "%s %s" % (result.name, "skipped (%s)" % result.id if result.skipped
+                              else "-> %s" % (result.url or result.id))
+            _emit(screen, args, result.to_dict(), line)
+            outcome = "skipped" if result.skipped else "done"
+        elif isinstance(result, _Stopped):  # cut short by a stop: main() sums them up
+            screen.stopped.append(result)  # (a failed abort has had its warning)
+            return
         else:
-            if bar is not None and bar._tty:
-                err.write("\r\x1b[K")
-            reason = result.strerror if isinstance(result, OSError) and result.strerror \
-                else _describe(result)
-            err.write("fileslink: error: %s: %s\n" % (name, reason))
+            screen.message("fileslink: error: %s: %s" % (name, _reason(result)))
+            outcome = "failed"
+        if bar is not None:
+            bar.file_done(name, outcome, size)
 
-    status = 0
     try:
-        client.upload_many(items, folder, progress=bar.update if bar else None,
-                           link=args.link, on_file=on_file)
+        client.upload_many([(name, source) for name, source, _ in entries], folder,
+                           progress=bar.update if bar else None, link=args.link,
+                           skip_existing=args.skip_existing, resume=args.resume, on_file=on_file)
     except UploadManyError:
-        status = 1  # each failure has had its line
-    except BaseException:
-        if bar is not None and bar._tty:
-            err.write("\r\x1b[K")  # clear the bar: main() prints the one line
-        raise
+        failed += 1  # each failure has had its line
     if bar is not None:
-        bar.finish()
-    return status
+        screen.message(bar.summary())
+    return 1 if failed else 0
 
 
-def _cmd_ls(client: Client, args: Any, out: Any, err: Any) -> int:
-    for record in client.list_files(args.folder):
-        _emit(out, args, record, "%s  %10s  %s" % (
-            record.get("id"), record.get("fileSize", ""), record.get("fileName", "")))
+def _dry_run(client: Client, folder: str, args: Any, screen: _Screen,
+             found: List[Entry]) -> None:
+    """What upload would do, with no presign, initiate or confirm call:
+    only the folder's listing, for --skip-existing (the index the library
+    skips by)."""
+    existing = _index_existing(client.list_files(folder)) if args.skip_existing else {}
+    counts = {"upload": 0, "skip": 0, "exclude": 0}
+    for entry in found:
+        name, _, size = entry
+        there = existing.get((name, size)) if size is not None else None
+        record: Json = {"name": name, "size": size, "dryRun": True}
+        if _excluded(entry, args.rules):
+            record["excluded"] = True
+            _emit(screen, args, record, "%s excluded" % name)
+            counts["exclude"] += 1
+        elif there is not None:
+            record = dict(there.to_dict(), skipped=True, dryRun=True)
+            _emit(screen, args, record, "%s would be skipped (%s)" % (name, there.id))
+            counts["skip"] += 1
+        else:
+            record["mimeType"] = _guess_mime(name)
+            shown = "size unknown" if size is None else _human(size)
+            _emit(screen, args, record, "%s would be uploaded (%s)" % (name, shown))
+            counts["upload"] += 1
+    if screen.tty and not args.quiet:
+        screen.message("dry run: %d to upload, %d to skip, %d excluded"
+                       % (counts["upload"], counts["skip"], counts["exclude"]))
+
+
+def _listed(record: Json) -> Json:
+    """A listing's file record under upload --json's names (name, size),
+    with every other field it carries."""
+    renamed = {"fileName": "name", "fileSize": "size"}
+    entry: Json = {"id": record.get("id"), "name": record.get("fileName"),
+                   "size": record.get("fileSize")}
+    entry.update((renamed.get(k, k), v) for k, v in record.items() if k not in renamed)
+    return entry
+
+
+def _cmd_ls(client: Client, args: Any, screen: _Screen) -> int:
+    folder = args.folder_id or _folder(args)
+    for record in client.list_files(folder):
+        entry = _listed(record)
+        _emit(screen, args, entry, "%s  %10s  %s" % (
+            entry["id"], "" if entry["size"] is None else entry["size"],
+            _clean_name(str(entry["name"] or ""))))
     return 0
 
 
-def _cmd_rm(client: Client, args: Any, out: Any, err: Any) -> int:
+def _cmd_rm(client: Client, args: Any, screen: _Screen) -> int:
     status = 0
     for file_id in args.ids:
         try:
             client.delete_file(file_id)
         except FilesLinkError as exc:
-            err.write("fileslink: error: %s: %s\n" % (file_id, _describe(exc)))
+            screen.message("fileslink: error: %s: %s" % (file_id, _describe(exc)))
             status = 1
         else:
-            _emit(out, args, {"id": file_id, "deleted": True}, "deleted %s" % file_id)
+            _emit(screen, args, {"id": file_id, "deleted": True}, "deleted %s" % file_id)
     return status
 
 
-def _cmd_link(client: Client, args: Any, out: Any, err: Any) -> int:
+def _cmd_link(client: Client, args: Any, screen: _Screen) -> int:
     url = client.create_link(args.id)
-    _emit(out, args, {"id": args.id, "url": url}, url)
+    _emit(screen, args, {"id": args.id, "url": url}, url)
     return 0
 
 
-def _print_listing(out: Any, args: Any, value: Any, id_field: str) -> int:
+def _print_listing(screen: _Screen, args: Any, value: Any, id_field: str) -> int:
     """One line (or JSON object) per project or folder of a listing."""
     if isinstance(value, dict):  # the listing's shape is not published: look for the list
         lists = [value[k] for k in ("folders", "projects", "items", "data")
@@ -3572,21 +3993,42 @@ def _print_listing(out: Any, args: Any, value: Any, id_field: str) -> int:
             line = "%s  %s" % (record.get("id") or record.get(id_field), record.get("title", ""))
         else:
             line = str(record)
-        _emit(out, args, record, line)
+        _emit(screen, args, record, line)
     return 0
 
 
-def _cmd_folders(client: Client, args: Any, out: Any, err: Any) -> int:
-    return _print_listing(out, args, client.list_folders(args.project), "folderId")
+def _cmd_folders(client: Client, args: Any, screen: _Screen) -> int:
+    return _print_listing(screen, args, client.list_folders(args.project), "folderId")
 
 
-def _cmd_projects(client: Client, args: Any, out: Any, err: Any) -> int:
-    return _print_listing(out, args, client.list_projects(args.page), "projectId")
+def _cmd_projects(client: Client, args: Any, screen: _Screen) -> int:
+    return _print_listing(screen, args, client.list_projects(args.page), "projectId")
 
 
-_COMMANDS: Dict[str, Callable[[Client, Any, Any, Any], int]] = {
+def _cmd_pending(client: Client, args: Any, screen: _Screen) -> int:
+    for up in client.pending():
+        expires = "unknown" if up.expires is None else time.strftime(
+            "%Y-%m-%d %H:%M UTC", time.gmtime(up.expires))
+        _emit(screen, args, up.to_dict(), "%s  %d/%d parts  %s  expires %s  %s" % (
+            up.id, up.parts_done, up.parts_total, _human(up.size), expires, up.name))
+    return 0
+
+
+def _cmd_abort(client: Client, args: Any, screen: _Screen) -> int:
+    aborted = client.abort_pending(None if args.all else list(args.ids))
+    for upload_id in aborted:
+        _emit(screen, args, {"id": upload_id, "aborted": True}, "aborted %s" % upload_id)
+    missing = [i for i in args.ids if i not in aborted]
+    for upload_id in missing:
+        screen.message("fileslink: error: %s: no such pending upload (`fileslink pending` "
+                       "lists them)" % upload_id)
+    return 1 if missing else 0
+
+
+_COMMANDS: Dict[str, Callable[[Client, Any, _Screen], int]] = {
     "upload": _cmd_upload, "ls": _cmd_ls, "rm": _cmd_rm, "link": _cmd_link,
-    "folders": _cmd_folders, "projects": _cmd_projects,
+    "folders": _cmd_folders, "projects": _cmd_projects, "pending": _cmd_pending,
+    "abort": _cmd_abort,
 }
 
 

@@ -4660,22 +4660,21 @@ class TestUploadCommand(KeyInEnvCase):
         self.assertTrue(url.startswith(self.fake.base_url + "/v1/p/"), url)
         self.assertEqual(_http(url)[::2], (200, data))
 
-    def test_quiet_prints_nothing_on_stderr_and_the_default_prints_a_summary(self) -> None:
+    def test_quiet_prints_nothing_on_stderr_and_off_a_terminal_neither_does_success(self) -> None:
         paths = [self.make_file("q%d.txt" % i, 1000 + i)[0] for i in range(3)]
         code, out, err = self.cli("upload", *paths, "--folder", self.fake.folder_id, "--quiet")
         self.assertEqual((code, err), (0, ""))
         self.assertEqual(len(out.splitlines()), 3)
         code, out, err = self.cli("upload", *paths, "--folder", self.fake.folder_id)
-        self.assertEqual(code, 0, err)
-        self.assertRegex(err, r"^3 files, .* in \d+\.\d s \(.*/s\)\n$")
+        self.assertEqual((code, err), (0, ""))  # the summary is for a terminal (TestTerminal)
 
     def test_verbose_logs_calls_on_stderr_and_never_the_key(self) -> None:
         path, _ = self.make_file("v.txt", 10)
         logger = logging.getLogger("fileslink")
         self.addCleanup(logger.setLevel, logger.level)
-        for flag, expected in (("-v", r"INFO: uploaded v\.txt as "),
-                               ("-v", r"INFO: POST /v1/files/[^ ]+ -> 200 \(try 2"),
-                               ("-vv", r"DEBUG: PUT v\.txt to [^ ]+\?\.\.\. -> 200 \(try 1")):
+        for flag, expected in (("-v", r"info: uploaded v\.txt as "),
+                               ("-v", r"info: POST /v1/files/[^ ]+ -> 200 \(try 2"),
+                               ("-vv", r"debug: PUT v\.txt to [^ ]+\?\.\.\. -> 200 \(try 1")):
             with self.subTest(flag=flag):
                 # A careless server echoes the key in an error: it must not reach the log.
                 self.fake.inject("api", status=503, body={"success": False, "message":
@@ -4717,7 +4716,7 @@ class TestExitStatus(KeyInEnvCase):
         self.assertEqual(len(errors), 2, err)
         self.assertEqual(sum("refused.bin" in line for line in errors), 1, err)
         self.assertEqual(sum("missing.txt" in line for line in errors), 1, err)
-        self.assertRegex(err, r"\n1 files?, 2 failed, ")
+        self.assertEqual(len(err.splitlines()), 2, err)  # off a terminal: no summary after them
 
     def test_missing_key_exits_2_and_says_to_set_FILESLINK_KEY(self) -> None:
         del os.environ["FILESLINK_KEY"]
@@ -4822,8 +4821,9 @@ class TestOtherCommands(KeyInEnvCase):
         self.assertEqual(rows, sorted([[self.ids[0], "100", "f0.txt"], [self.ids[1], "200", "f1.txt"]]))
         code, out, err = self.cli("ls", self.fake.folder_id, "--json")
         self.assertEqual(code, 0, err)
-        self.assertEqual(sorted((r["id"], r["fileName"]) for r in self.json_lines(out)),
-                         sorted(zip(self.ids, ["f0.txt", "f1.txt"])))
+        # The field names of upload --json (issue 10).
+        self.assertEqual(sorted((r["id"], r["name"], r["size"]) for r in self.json_lines(out)),
+                         sorted(zip(self.ids, ["f0.txt", "f1.txt"], [100, 200])))
 
     def test_rm_deletes_each_file_and_reports_the_ones_it_could_not(self) -> None:
         code, out, err = self.cli("rm", self.ids[0], "no-such-id")
@@ -4923,7 +4923,7 @@ class TestTerminal(KeyInEnvCase):
         err = child.stderr.decode()
         self.assertNotIn("\x1b", err)
         self.assertNotIn("\r", err)
-        self.assertRegex(err, r"^3 files, 600\.0 KiB in \d+\.\d s \(.*/s\)\n$")
+        self.assertEqual(err, "")  # off a terminal a run that went well is silent (cron)
         self.assertEqual(len(child.stdout.decode().splitlines()), 3)
         child = self.run_child("-m", "fileslink", "upload", "--quiet", *paths)
         self.assertEqual((child.returncode, child.stderr), (0, b""))
@@ -5414,6 +5414,717 @@ class TestReadme(FakeTestCase):
                 continue
             with self.subTest(block=number):
                 self._run(["bash"], script, "README block %d" % number)
+
+
+# ---------------------------------------------------------------------------
+# The command line as people use it: terminals, pipes, cron, re-runs, trees,
+# signals (issue 10 items 1-9; issue 9 items 4, 7, 10; issue 11's commands)
+# ---------------------------------------------------------------------------
+
+def run_cli(argv: List[str], stdin: Optional[bytes] = None) -> Tuple[int, str, str]:
+    """fileslink.main(argv) in this process, stdout and stderr captured
+    (neither is a terminal): (status, out, err). stdin: bytes for `-`."""
+    out, err = io.StringIO(), io.StringIO()
+    saved = sys.stdin
+    if stdin is not None:
+        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = fileslink.main(list(argv))
+    finally:
+        sys.stdin = saved
+    return status, out.getvalue(), err.getvalue()
+
+
+def _terminal_lines(raw: str) -> List[str]:
+    """What a terminal shows, line by line, of what was written to it: a
+    carriage return goes back to column 0, ESC [ K erases to the end of the
+    line, and text overwrites what it lands on."""
+    lines: List[str] = []
+    line: List[str] = []
+    col = i = 0
+    while i < len(raw):
+        if raw.startswith("\x1b[K", i):
+            del line[col:]
+            i += 3
+            continue
+        ch = raw[i]
+        i += 1
+        if ch == "\r":
+            col = 0
+        elif ch == "\n":
+            lines.append("".join(line).rstrip())
+            line, col = [], 0
+        else:
+            line[col:col + 1] = [ch]
+            col += 1
+    if "".join(line).strip():
+        lines.append("".join(line).rstrip())
+    return lines
+
+
+#: A progress line as drawn: "\r3/6 files  ..." up to the next control character.
+_PROGRESS_DRAW = re.compile(r"\r(\d+/\d+ files[^\r\n\x1b]*)")
+
+
+def _without_dac_override() -> Optional[Callable[[], None]]:
+    """For a child run by root, a preexec_fn that drops the capabilities
+    which let root read what permissions forbid (so an unreadable directory
+    is unreadable for it too); None when not root."""
+    if os.geteuid() != 0:
+        return None
+    import ctypes
+
+    def drop() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        for capability in (1, 2):  # CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH
+            if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+                raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+    return drop
+
+
+class CliCase(FakeTestCase):
+    """The fake's key, base URL and folder in the environment, and ways to
+    run the CLI in a child process: on pipes, or on a pseudo-terminal."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        os.environ.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.fake.base_url,
+                          FILESLINK_FOLDER=self.fake.folder_id,
+                          FILESLINK_STATE_DIR=os.path.join(self.tmp, "state"))  # not ~/.cache
+        for name in ("COLUMNS", "LINES", "PYTHONIOENCODING"):
+            os.environ.pop(name, None)
+
+    def child(self, *argv: str, input: Optional[bytes] = None, stdout: Any = subprocess.PIPE,
+              **env: str) -> "subprocess.CompletedProcess[bytes]":
+        """`python -m fileslink ARGV` on pipes (20 s bound: a hang fails, not blocks)."""
+        return subprocess.run([sys.executable, "-m", "fileslink"] + list(argv), input=input,
+                              stdin=None if input is not None else subprocess.DEVNULL,
+                              stdout=stdout, stderr=subprocess.PIPE, cwd=HERE,
+                              env=dict(os.environ, PYTHONPATH="", **env), timeout=20)
+
+    def on_terminal(self, *argv: str, columns: int = 80, stdin: Any = subprocess.DEVNULL,
+                    **env: str) -> Tuple[int, str]:
+        """`python -m fileslink ARGV` with stdout and stderr on one pseudo-
+        terminal of that width: (status, everything written to it)."""
+        import fcntl
+        import pty
+        import termios
+
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "fileslink"] + list(argv), stdin=stdin,
+                                    stdout=slave, stderr=slave, cwd=HERE,
+                                    env=dict(os.environ, PYTHONPATH="", **env))
+        finally:
+            os.close(slave)
+        chunks = []
+        deadline = time.monotonic() + 20  # a generous bound: a hang fails the test
+        try:
+            while time.monotonic() < deadline:
+                ready, _, _ = select.select([master], [], [], deadline - time.monotonic())
+                try:
+                    chunk = os.read(master, 65536) if ready else b""
+                except OSError:  # EIO: the child closed the terminal
+                    chunk = b""
+                if not chunk:
+                    break
+                chunks.append(chunk)
+            status = proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            os.close(master)
+        return status, b"".join(chunks).decode("utf-8", "replace")
+
+    def tree(self, *names: str, size: int = 1000) -> str:
+        """tmp/tree holding these files (seeded by position); its path."""
+        for i, name in enumerate(names):
+            self.make_file(os.path.join("tree", name), size + i, seed=i)
+        return os.path.join(self.tmp, "tree")
+
+    def stored(self) -> Dict[str, bytes]:
+        """name -> bytes of each file the fake holds as uploaded."""
+        return {f.name: f.data for f in self.fake.files.values() if f.uploaded}
+
+    def once_answered(self, plane: str, action: Callable[[], None]) -> None:
+        """Call action() when the fake has answered the first request on
+        plane (its on_request hook runs after the answer)."""
+        armed = [True]
+
+        def hook(req: Req) -> None:
+            if req.plane == plane and armed and armed.pop():
+                action()
+        self.fake.on_request = hook
+
+    def interrupt(self) -> None:
+        """SIGINT to this process's main thread, as Ctrl-C sends it."""
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    def need_sigint(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            self.skipTest("signals go to the main thread")
+        if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+            self.skipTest("SIGINT is handled by the test runner (unittest -c?)")
+
+
+@unittest.skipUnless(hasattr(os, "openpty"), "needs a pseudo-terminal")
+class TestCliProgressLine(CliCase):
+
+    def test_no_result_line_shares_a_line_with_progress_and_each_draw_fits_40_columns(self) -> None:
+        top = self.tree(*("f%d.bin" % i for i in range(6)), size=64 * 1024)
+        status, raw = self.on_terminal("upload", top, "--workers", "2", columns=40, TERM="xterm")
+        self.assertEqual(status, 0, raw)
+        draws = _PROGRESS_DRAW.findall(raw)
+        self.assertTrue(draws, raw)                              # it was drawn...
+        self.assertTrue(all(len(d) <= 39 for d in draws), draws)  # ...and never wrapped
+        ids = {f.name: f.id for f in self.fake.files.values()}
+        shown = [line for line in _terminal_lines(raw) if line]
+        self.assertEqual(sorted(shown[:-1]), sorted("%s -> %s" % kv for kv in ids.items()), raw)
+        self.assertRegex(shown[-1], r"^6 files, 384\.0 KiB in \d+\.\d s \(.*/s\)$")
+
+    def test_a_dumb_terminal_gets_no_escape_codes(self) -> None:
+        top = self.tree("a.bin", "b.bin", size=64 * 1024)
+        status, raw = self.on_terminal("upload", top, TERM="dumb")
+        self.assertEqual(status, 0, raw)
+        self.assertNotIn("\x1b", raw)
+        self.assertTrue(_PROGRESS_DRAW.findall(raw), raw)
+        shown = [line for line in _terminal_lines(raw) if line]
+        self.assertEqual(len(shown), 3, shown)                  # two results, one summary
+        self.assertTrue(all(" -> " in line for line in shown[:2]), shown)
+
+    def test_a_stream_of_unknown_size_shows_bytes_and_rate_without_a_total(self) -> None:
+        data = pseudo_random_bytes(300 * 1024, seed=3)
+        with tempfile.TemporaryFile() as stdin:
+            stdin.write(data)
+            stdin.seek(0)
+            status, raw = self.on_terminal("upload", "-", "--name", "dump.sql", stdin=stdin)
+        self.assertEqual(status, 0, raw)
+        draws = _PROGRESS_DRAW.findall(raw)
+        self.assertTrue(draws, raw)
+        for draw in draws:
+            self.assertNotIn(" / ", draw)                       # no "55.0 MiB / 0 B"
+            self.assertRegex(draw, r"^\d/1 files  [\d.]+ (B|KiB)  [\d.]+ (B|KiB|MiB|GiB)/s$")
+        self.assertEqual(self.stored(), {"dump.sql": data})
+
+    def test_quiet_on_a_terminal_draws_nothing_but_still_reports_a_failure(self) -> None:
+        top = self.tree("a.bin", size=64 * 1024)
+        missing = os.path.join(self.tmp, "missing.txt")
+        status, raw = self.on_terminal("upload", top, missing, "-q")
+        self.assertEqual(status, 1, raw)
+        self.assertEqual(_PROGRESS_DRAW.findall(raw), [])
+        self.assertNotIn(" in 0.", raw)                     # no summary
+        shown = [line for line in _terminal_lines(raw) if line]
+        self.assertEqual(len(shown), 2, shown)
+        self.assertRegex(shown[0], r"^fileslink: error: .*missing\.txt: No such file")
+        self.assertRegex(shown[1], r"^a\.bin -> ")
+
+
+class TestCliSilence(CliCase):
+    """Cron mails whatever a job prints: in a pipe, success says nothing on
+    stderr, and a failure says one line per failure."""
+
+    def test_success_in_a_pipe_writes_nothing_on_stderr(self) -> None:
+        child = self.child("upload", self.tree("a.txt", "b.txt", "c.txt"))
+        self.assertEqual((child.returncode, child.stderr), (0, b""))
+        self.assertEqual(len(child.stdout.splitlines()), 3)
+
+    def test_a_failed_run_writes_one_line_per_failure_and_nothing_else(self) -> None:
+        top = self.tree("good.txt", "refused.bin")
+        self.fake.inject("storage", status=400, path_contains="refused.bin")
+        status, out, err = run_cli(["upload", top, os.path.join(self.tmp, "missing.txt")])
+        self.assertEqual(status, 1)
+        self.assertEqual(len(out.splitlines()), 1)
+        lines = err.splitlines()
+        self.assertEqual(len(lines), 2, err)
+        self.assertTrue(all(line.startswith("fileslink: error: ") for line in lines), err)
+        self.assertEqual(sorted("refused.bin" in line for line in lines), [False, True], err)
+
+    def test_a_warning_a_person_must_see_survives_quiet_and_a_pipe(self) -> None:
+        # A multipart upload whose abort fails: storage keeps billing it,
+        # which the user must be told even with -q and no terminal.
+        path, _ = self.make_file("big.bin", 12 * MiB)
+        self.fake.inject("storage", status=400, times=2)
+        self.fake.inject("api", status=400, path_contains="abort")   # not retried: fast
+        status, out, err = run_cli(["upload", path, "--threshold", "6M", "-q"])
+        self.assertEqual(status, 1, err)
+        self.assertRegex(err, r"(?m)^fileslink: warning: could not abort ")
+        self.assertRegex(err, r"(?m)^fileslink: error: big\.bin: ")
+        self.assertEqual(out, "")
+
+
+class TestCliReruns(CliCase):
+
+    def test_skip_existing_skips_what_matches_by_name_and_size_and_uploads_the_rest(self) -> None:
+        top = self.tree("same.txt", "grown.txt", "sub/same.txt")
+        status, out, err = run_cli(["upload", top])
+        self.assertEqual(status, 0, err)
+        first = {f.name: f.id for f in self.fake.files.values()}
+        with open(os.path.join(top, "grown.txt"), "ab") as f:
+            f.write(b"more")
+        self.make_file("tree/new.txt", 10)
+        status, out, err = run_cli(["upload", top, "--skip-existing"])
+        self.assertEqual((status, err), (0, ""))
+        lines = sorted(out.splitlines())
+        self.assertEqual(lines[2:], sorted(["same.txt skipped (%s)" % first["same.txt"],
+                                            "sub/same.txt skipped (%s)" % first["sub/same.txt"]]))
+        self.assertRegex(lines[0], r"^grown\.txt -> ")
+        self.assertRegex(lines[1], r"^new\.txt -> ")
+        self.assertEqual(sorted(f.name for f in self.fake.files.values()),
+                         ["grown.txt", "grown.txt", "new.txt", "same.txt", "sub/same.txt"])
+
+    def test_skip_existing_json_marks_the_skipped_file_with_its_existing_id(self) -> None:
+        path, _ = self.make_file("a.txt", 100)
+        status, out, _ = run_cli(["upload", path, "--json"])
+        uploaded = json.loads(out)
+        self.assertNotIn("skipped", uploaded)
+        status, out, err = run_cli(["upload", path, "--json", "--skip-existing"])
+        self.assertEqual(status, 0, err)
+        (record,) = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual(record, dict(uploaded, skipped=True))
+        self.assertEqual(len(self.fake.files), 1)
+
+    def test_dry_run_lists_what_would_go_and_calls_nothing_but_the_listing(self) -> None:
+        there, _ = self.make_file("tree/there.txt", 100)
+        run_cli(["upload", there])
+        self.make_file("tree/big.bin", 7 * MiB)
+        self.make_file("tree/.env", 5)
+        mark = len(self.fake.log)
+        status, out, err = run_cli(["upload", os.path.join(self.tmp, "tree"), "--dry-run",
+                                    "--skip-existing", "--threshold", "6M"])
+        self.assertEqual((status, err), (0, ""))
+        (there_id,) = self.fake.files
+        self.assertEqual(out.splitlines(), [".env would be uploaded (5 B)",
+                                            "big.bin would be uploaded (7.0 MiB)",
+                                            "there.txt would be skipped (%s)" % there_id])
+        calls = [(r.method, r.path) for r in self.fake.log[mark:]]
+        self.assertEqual([method for method, _ in calls], ["GET"], calls)   # the listing
+        self.assertIn(self.fake.folder_id, calls[0][1])
+        self.assertEqual(len(self.fake.files), 1)
+
+    def test_dry_run_json_says_what_each_file_would_do(self) -> None:
+        top = self.tree("a.txt", "b.tmp")
+        status, out, err = run_cli(["upload", top, "--dry-run", "--json", "--exclude", "*.tmp"])
+        self.assertEqual(status, 0, err)
+        records = [json.loads(line) for line in out.splitlines()]
+        self.assertEqual(records, [
+            {"name": "a.txt", "size": 1000, "dryRun": True, "mimeType": "text/plain"},
+            {"name": "b.tmp", "size": 1001, "dryRun": True, "excluded": True}])
+        self.assertEqual(self.fake.log, [])   # no --skip-existing: not even a listing
+
+
+class TestCliFilters(CliCase):
+    """--exclude / --include follow aws s3's rule: every file is in, and
+    the last rule matching its name (its path below the directory) decides."""
+
+    NAMES = ("a.jpg", "b.txt", "sub/c.jpg", "sub/d.txt", ".env", "sub/.cache/e.jpg")
+
+    def chosen(self, *rules: str) -> List[str]:
+        status, out, err = run_cli(["upload", self.tree(*self.NAMES), "--dry-run", "--json"]
+                                   + list(rules))
+        self.assertEqual(status, 0, err)
+        return sorted(r["name"] for r in map(json.loads, out.splitlines()) if not r.get("excluded"))
+
+    def test_the_last_matching_rule_wins(self) -> None:
+        cases = [([], sorted(self.NAMES)),                       # dotfiles included
+                 (["--exclude", "*.txt"], [".env", "a.jpg", "sub/.cache/e.jpg", "sub/c.jpg"]),
+                 (["--exclude", "*", "--include", "*.jpg"], ["a.jpg", "sub/.cache/e.jpg", "sub/c.jpg"]),
+                 (["--include", "*.jpg", "--exclude", "*"], []),
+                 (["--exclude", ".*", "--exclude", "*/.*"], ["a.jpg", "b.txt", "sub/c.jpg", "sub/d.txt"]),
+                 (["--exclude", "sub/*", "--include", "sub/*.txt"], [".env", "a.jpg", "b.txt", "sub/d.txt"])]
+        for rules, expected in cases:
+            with self.subTest(rules=rules):
+                self.assertEqual(self.chosen(*rules), expected)
+
+    def test_filters_choose_what_is_uploaded_and_apply_to_files_named_directly(self) -> None:
+        top = self.tree("keep.txt", "drop.log")
+        loose, _ = self.make_file("loose.log", 10)
+        status, out, err = run_cli(["upload", top, loose, "--exclude", "*.log"])
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(sorted(self.stored()), ["keep.txt"])
+
+    def test_everything_excluded_is_one_notice_and_status_0(self) -> None:
+        status, out, err = run_cli(["upload", self.tree("a.txt"), "--exclude", "*"])
+        self.assertEqual((status, out), (0, ""))
+        self.assertEqual(err, "fileslink: nothing to upload: 1 excluded by --exclude/--include\n")
+
+
+class TestCliPipes(CliCase):
+
+    def closed_pipe(self) -> int:
+        """The write end of a pipe whose reader is gone: writing to it fails."""
+        read, write = os.pipe()
+        os.close(read)
+        self.addCleanup(os.close, write)
+        return write
+
+    def test_ls_into_a_closed_pipe_ends_quietly_with_status_0(self) -> None:
+        self.client().upload(b"x", self.fake.folder_id, name="x.txt")
+        child = self.child("ls", stdout=self.closed_pipe())
+        self.assertEqual((child.returncode, child.stderr), (0, b""))
+
+    def test_upload_json_into_a_closed_pipe_stops_cleanly(self) -> None:
+        top = self.tree("a.txt", "b.txt", "c.txt")
+        self.make_file("tree/big.bin", 13 * MiB, seed=9)
+        child = self.child("upload", top, "--json", "--threshold", "6M", "--workers", "2",
+                           stdout=self.closed_pipe())
+        self.assertEqual((child.returncode, child.stderr), (0, b""))
+        self.assertNotIn("open", [up.state for up in self.fake.multipart.values()])
+        local = {name: pseudo_random_bytes(1000 + i, seed=i)
+                 for i, name in enumerate(("a.txt", "b.txt", "c.txt"))}
+        local["big.bin"] = pseudo_random_bytes(13 * MiB, seed=9)
+        for name, data in self.stored().items():    # what was confirmed is whole
+            self.assertEqual(data, local[name], name)
+
+    def test_an_empty_directory_is_status_0_with_one_notice(self) -> None:
+        empty = os.path.join(self.tmp, "empty")
+        os.mkdir(empty)
+        status, out, err = run_cli(["upload", empty])
+        self.assertEqual((status, out), (0, ""))
+        self.assertEqual(err, "fileslink: nothing to upload: no files in %s\n" % empty)
+        self.assertEqual(self.fake.log, [])
+
+
+class TestCliArguments(CliCase):
+
+    def test_global_options_work_before_or_after_the_command(self) -> None:
+        other = self.client().create_folder("Other", self.fake.project_id)
+        path, _ = self.make_file("a.txt", 10)
+        for argv in (["--json", "--folder", other, "upload", path],
+                     ["upload", path, "--json", "--folder", other],
+                     ["-q", "--json", "upload", "--folder", other, path]):
+            with self.subTest(argv=argv):
+                status, out, err = run_cli(argv)
+                self.assertEqual((status, err), (0, ""))
+                self.assertEqual(self.fake.files[json.loads(out)["id"]].folder_id, other)
+        for argv in (["-v", "ls", other], ["ls", other, "-v"]):
+            with self.subTest(argv=argv):
+                status, out, err = run_cli(argv)
+                self.assertEqual(status, 0, err)
+                self.assertEqual(len(out.splitlines()), 3)
+
+    def test_a_wrong_option_prints_that_commands_usage_and_is_never_abbreviated(self) -> None:
+        path, _ = self.make_file("a.txt", 10)
+        for argv, command in ((["upload", "--worker", "3", path], "upload"),
+                              (["upload", path, "--dry"], "upload"),
+                              (["ls", "--jso"], "ls"), (["--verb", "ls"], "ls"),
+                              (["rm", "--force", "x"], "rm")):
+            with self.subTest(argv=argv):
+                status, out, err = run_cli(argv)
+                self.assertEqual((status, out), (2, ""))
+                self.assertTrue(err.startswith("usage: fileslink %s " % command), err)
+                self.assertRegex(err.splitlines()[-1],
+                                 r"^fileslink: error: unrecognized arguments: --\w+$")
+        self.assertEqual(self.fake.log, [])
+
+    def test_every_error_has_one_style(self) -> None:
+        path, _ = self.make_file("a.txt", 10)
+        cases = [(["upload"], 2), (["frobnicate"], 2), (["upload", path, "--threshold", "6X"], 2),
+                 (["upload", path, "--workers", "0"], 2), (["upload", path, "--bwlimit", "fast"], 2),
+                 (["upload", "-"], 2), (["abort"], 2), (["abort", "x", "--all"], 2),
+                 (["upload", path, "--ca-bundle", os.path.join(self.tmp, "none.pem")], 2),
+                 (["rm", "no-such-id"], 1), (["link", "no-such-id"], 1)]
+        for argv, expected in cases:
+            with self.subTest(argv=argv):
+                status, out, err = run_cli(argv)
+                self.assertEqual(status, expected, err)
+                self.assertRegex(err.splitlines()[-1], r"^fileslink: error: \S")
+                self.assertNotIn("Traceback", err)
+        del os.environ["FILESLINK_FOLDER"]
+        status, _, err = run_cli(["upload", path])
+        self.assertEqual((status, err.count("\n")), (2, 1))
+        self.assertRegex(err, r"^fileslink: error: no folder: pass --folder ID or set FILESLINK_FOLDER")
+
+    def test_every_command_and_every_argument_has_a_help_line(self) -> None:
+        import argparse
+
+        parser = fileslink._parser()
+        (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        self.assertEqual(set(commands.choices), {"upload", "ls", "rm", "link", "projects",
+                                                 "folders", "pending", "abort"})
+        helps = {c.dest: c.help for c in commands._choices_actions}
+        self.assertTrue(all(helps.values()), helps)
+        for name, command in list(commands.choices.items()) + [("", parser)]:
+            for action in command._actions:
+                with self.subTest(command=name, argument=action.dest):
+                    self.assertTrue(action.help, "no help line")
+
+    def test_ls_defaults_to_FILESLINK_FOLDER_and_speaks_upload_jsons_names(self) -> None:
+        path, _ = self.make_file("a.txt", 10)
+        _, out, _ = run_cli(["upload", path, "--json"])
+        uploaded = json.loads(out)
+        status, out, err = run_cli(["ls", "--json"])
+        self.assertEqual(status, 0, err)
+        (listed,) = [json.loads(line) for line in out.splitlines()]
+        for key in ("id", "name", "size", "mimeType", "s3Key"):
+            self.assertEqual(listed[key], uploaded[key], key)
+        self.assertNotIn("fileName", listed)
+        status, out, err = run_cli(["ls"])
+        self.assertEqual(out.split(), [uploaded["id"], "10", "a.txt"])
+
+    def test_v_shows_each_file_and_api_call_and_vv_each_request(self) -> None:
+        path, _ = self.make_file("v.txt", 10)
+        status, _, err = run_cli(["upload", path, "-v"])
+        self.assertEqual(status, 0, err)
+        self.assertRegex(err, r"(?m)^fileslink: info: uploaded v\.txt as ")
+        self.assertRegex(err, r"(?m)^fileslink: info: POST /v1/files/\S+ -> 200")
+        self.assertNotIn("PUT", err)
+        status, _, err = run_cli(["upload", path, "-vv"])
+        self.assertRegex(err, r"(?m)^fileslink: debug: PUT v\.txt to http://127\.0\.0\.1:\d+/")
+
+    def test_allow_insecure_is_the_cli_way_to_plain_http_to_a_remote_host(self) -> None:
+        # 127.1 reaches the fake, yet is not a loopback name the client knows.
+        os.environ["FILESLINK_BASE_URL"] = self.fake.base_url.replace("127.0.0.1", "127.1")
+        status, out, err = run_cli(["ls"])
+        self.assertEqual(status, 2)
+        self.assertRegex(err, r"^fileslink: error: refusing plain http to 127\.1")
+        self.assertIn("FILESLINK_ALLOW_INSECURE", err)
+        for argv, env in ((["ls", "--allow-insecure"], {}),
+                          (["ls"], {"FILESLINK_ALLOW_INSECURE": "1"})):
+            with self.subTest(argv=argv, env=env):
+                os.environ.update(env)
+                self.assertEqual(run_cli(argv)[0], 0)
+
+    @unittest.skipUnless(shutil.which("openssl"), "needs openssl to make a certificate")
+    def test_a_refused_certificate_gets_the_cli_hint_to_add_a_ca(self) -> None:
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "key.pem", "-out",
+                        "cert.pem", "-days", "1", "-subj", "/CN=127.0.0.1"], cwd=self.tmp,
+                       check=True, timeout=30, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(os.path.join(self.tmp, "cert.pem"), os.path.join(self.tmp, "key.pem"))
+        listener = socket.create_server(("127.0.0.1", 0))
+        self.addCleanup(listener.close)
+
+        def handshake_once() -> None:
+            conn, _ = listener.accept()
+            with contextlib.suppress(OSError):  # the client refuses the certificate
+                context.wrap_socket(conn, server_side=True).close()
+            conn.close()
+        server = threading.Thread(target=handshake_once, daemon=True)
+        server.start()
+        os.environ["FILESLINK_BASE_URL"] = "https://127.0.0.1:%d" % listener.getsockname()[1]
+        status, out, err = run_cli(["ls"])
+        server.join(10)
+        self.assertEqual(status, 1, err)
+        self.assertRegex(err, r"^fileslink: error: .*certificate verify failed.*"
+                         r"\(if a proxy re-signs TLS, --ca-bundle FILE adds its CA\)\n$")
+
+    def test_bwlimit_takes_a_rate_with_a_suffix_and_refuses_others(self) -> None:
+        path, data = self.make_file("a.bin", 128 * 1024)
+        started = time.monotonic()
+        status, out, err = run_cli(["upload", path, "--bwlimit", "128K"])
+        elapsed = time.monotonic() - started
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(self.stored(), {"a.bin": data})
+        # 128 KiB at 128 KiB/s: the first 16 KiB block goes at once, the rest
+        # take 0.875 s. Only a lower bound: a busy machine is slower, never faster.
+        self.assertGreater(elapsed, 0.8)
+        for bad in ("fast", "0", "-1K"):
+            with self.subTest(rate=bad):
+                status, _, err = run_cli(["upload", path, "--bwlimit", bad])
+                self.assertEqual(status, 2)
+                self.assertIn("--bwlimit", err)
+
+
+@unittest.skipUnless(os.name == "posix", "FIFOs, sockets and symbolic links")
+class TestCliTrees(CliCase):
+    """What a directory holds besides regular files (issue 9 item 7)."""
+
+    def test_special_files_are_skipped_with_one_warning_each_and_never_opened(self) -> None:
+        top = self.tree("a.txt", "sub/b.txt")
+        os.mkfifo(os.path.join(top, "fifo"))               # opening it would block the run
+        server = socket.socket(socket.AF_UNIX)
+        self.addCleanup(server.close)
+        server.bind(os.path.join(top, "sub", "sock"))
+        os.symlink(os.devnull, os.path.join(top, "null"))  # a character device
+        child = self.child("upload", top)
+        self.assertEqual(child.returncode, 0, child.stderr)
+        warnings_ = child.stderr.decode().splitlines()
+        self.assertEqual(sorted(warnings_), [
+            "fileslink: warning: skipped %s/fifo: a FIFO, not a regular file" % top,
+            "fileslink: warning: skipped %s/null: a character device, not a regular file" % top,
+            "fileslink: warning: skipped %s/sub/sock: a socket, not a regular file" % top])
+        self.assertEqual(sorted(self.stored()), ["a.txt", "sub/b.txt"])
+
+    def test_directory_links_are_followed_and_a_loop_is_skipped_with_a_warning(self) -> None:
+        top = self.tree("a.txt")
+        elsewhere = os.path.dirname(self.make_file("elsewhere/x.txt", 10)[0])
+        os.symlink(elsewhere, os.path.join(top, "linked"))
+        os.symlink(".", os.path.join(top, "linked-up"))     # a loop: tree/linked-up -> tree
+        status, out, err = run_cli(["upload", top])
+        self.assertEqual(status, 0, err)
+        self.assertEqual(err, "fileslink: warning: skipped %s/linked-up: a link to a directory "
+                         "above it (a loop)\n" % top)
+        self.assertEqual(sorted(self.stored()), ["a.txt", "linked/x.txt"])
+
+    def test_a_dangling_link_is_one_failure_and_the_rest_is_uploaded(self) -> None:
+        top = self.tree("a.txt")
+        os.symlink("nowhere", os.path.join(top, "dangling"))
+        status, out, err = run_cli(["upload", top])
+        self.assertEqual(status, 1)
+        self.assertEqual(err, "fileslink: error: %s/dangling: No such file or directory\n" % top)
+        self.assertEqual(sorted(self.stored()), ["a.txt"])
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "drops root's capabilities as Linux does")
+    def test_unreadable_directories_and_files_are_one_failure_line_each(self) -> None:
+        top = self.tree("a.txt", "locked/b.txt", "secret.txt")
+        os.chmod(os.path.join(top, "locked"), 0)
+        os.chmod(os.path.join(top, "secret.txt"), 0)
+        self.addCleanup(os.chmod, os.path.join(top, "locked"), 0o700)
+        child = subprocess.run([sys.executable, "-m", "fileslink", "upload", top],
+                               stdin=subprocess.DEVNULL, capture_output=True, cwd=HERE,
+                               env=dict(os.environ, PYTHONPATH=""), timeout=20,
+                               preexec_fn=_without_dac_override())
+        self.assertEqual(child.returncode, 1, child.stderr)
+        self.assertEqual(sorted(child.stderr.decode().splitlines()), [
+            "fileslink: error: %s/locked: Permission denied" % top,
+            "fileslink: error: secret.txt: Permission denied"])
+        self.assertEqual(sorted(self.stored()), ["a.txt"])
+        os.chmod(top, 0)                                    # now the top one
+        self.addCleanup(os.chmod, top, 0o700)
+        child = subprocess.run([sys.executable, "-m", "fileslink", "upload", top],
+                               stdin=subprocess.DEVNULL, capture_output=True, cwd=HERE,
+                               env=dict(os.environ, PYTHONPATH=""), timeout=20,
+                               preexec_fn=_without_dac_override())
+        self.assertEqual((child.returncode, child.stderr.decode()),
+                         (1, "fileslink: error: %s: Permission denied\n" % top))
+
+
+class TestCliSignals(CliCase):
+    """SIGTERM is Ctrl-C with another status; the last line says what was
+    aborted, and only what was (issue 9 item 4)."""
+
+    fake_options = {"min_part_size": 64 * 1024, "part_size": 64 * 1024}
+
+    @unittest.skipUnless(os.name == "posix", "sends SIGTERM")
+    def test_sigterm_aborts_the_multipart_upload_and_exits_143(self) -> None:
+        path, _ = self.make_file("big.bin", 1 * MiB)
+        self.fake.inject("storage", delay=30)   # part 1 stalls: the upload cannot end by itself
+        proc = subprocess.Popen([sys.executable, "-m", "fileslink", "upload", path, "--threshold",
+                                 "256K", "--workers", "2"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=HERE,
+                                env=dict(os.environ, PYTHONPATH=""))
+        self.once_answered("storage", proc.terminate)       # part 2 is in: the upload is open
+        try:
+            out, err = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        self.assertEqual(proc.returncode, 143, err)
+        self.assertEqual(err.decode(), "fileslink: terminated; 1 unfinished multipart upload "
+                         "aborted\n")
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+
+    @unittest.skipUnless(os.name == "posix", "sends SIGINT")
+    def test_a_stop_with_nothing_to_abort_does_not_claim_an_abort(self) -> None:
+        self.need_sigint()
+        path, _ = self.make_file("small.txt", 1000)
+        self.fake.inject("storage", delay=30)               # its PUT stalls
+        self.once_answered("api", self.interrupt)           # presigned: a single-part upload
+        status, out, err = run_cli(["upload", path])
+        self.assertEqual((status, out, err), (130, "", "fileslink: interrupted\n"))
+
+    @unittest.skipUnless(os.name == "posix", "sends SIGINT")
+    def test_an_abort_that_fails_is_said_to_have_failed(self) -> None:
+        self.need_sigint()
+        path, _ = self.make_file("big.bin", 1 * MiB)
+        self.fake.inject("storage", delay=30)
+        self.fake.inject("api", status=500, times=20, path_contains="abort")
+        self.once_answered("storage", self.interrupt)
+        status, out, err = run_cli(["upload", path, "--threshold", "256K", "--workers", "2"])
+        self.assertEqual(status, 130, err)
+        self.assertNotIn("aborted\n", err)
+        self.assertRegex(err.splitlines()[-1],
+                         r"^fileslink: interrupted; 1 could not be aborted \(see above\)$")
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["open"])
+
+    def test_main_puts_the_sigterm_handler_back(self) -> None:
+        before = signal.getsignal(signal.SIGTERM)
+        run_cli(["ls"])
+        self.assertIs(signal.getsignal(signal.SIGTERM), before)
+
+
+class TestCliResume(CliCase):
+    """--resume, pending and abort (issue 11's commands)."""
+
+    fake_options = {"min_part_size": 64 * 1024, "part_size": 64 * 1024}
+
+    def kept_upload(self, name: str, seed: int) -> Tuple[str, bytes]:
+        """A 1 MiB file (16 parts) whose --resume upload failed after part 1."""
+        path, data = self.make_file(name, 1 * MiB, seed=seed)
+        self.once_answered("storage", lambda: self.fake.inject("storage", status=400))
+        status, out, err = run_cli(["upload", path, "--resume", "--threshold", "256K",
+                                    "--workers", "1"])
+        self.assertEqual((status, out), (1, ""), err)
+        return path, data
+
+    def test_a_kept_upload_is_pending_and_the_same_command_finishes_it(self) -> None:
+        path, data = self.kept_upload("big.bin", seed=1)
+        (up,) = self.fake.multipart.values()
+        self.assertEqual((up.state, sorted(up.parts)), ("open", [1]))
+        status, out, err = run_cli(["pending"])
+        self.assertEqual(status, 0, err)
+        self.assertRegex(out, r"^%s  1/16 parts  1\.0 MiB  expires \d{4}-\d\d-\d\d \d\d:\d\d UTC  "
+                         r"big\.bin\n$" % up.file_id)
+        status, out, err = run_cli(["pending", "--json"])
+        record = json.loads(out)
+        self.assertEqual((record["id"], record["name"], record["size"], record["partsDone"],
+                          record["partsTotal"]), (up.file_id, "big.bin", 1 * MiB, 1, 16))
+        mark = len(self.fake.log)
+        status, out, err = run_cli(["upload", path, "--resume", "--threshold", "256K"])
+        self.assertEqual(status, 0, err)
+        self.assertEqual(sum(r.plane == "storage" for r in self.fake.log[mark:]), 15)
+        self.assertEqual(self.stored(), {"big.bin": data})
+        self.assertEqual(run_cli(["pending"])[1], "")
+
+    def test_abort_takes_ids_or_all_and_says_which_it_did_not_find(self) -> None:
+        self.kept_upload("one.bin", seed=1)
+        self.kept_upload("two.bin", seed=2)
+        ids = {up.file_id: up for up in self.fake.multipart.values()}
+        first, second = sorted(ids)
+        status, out, err = run_cli(["abort", first, "no-such-id"])
+        self.assertEqual((status, out), (1, "aborted %s\n" % first))
+        self.assertRegex(err, r"^fileslink: error: no-such-id: no such pending upload")
+        self.assertEqual(ids[first].state, "aborted")
+        status, out, err = run_cli(["abort", "--all", "--json"])
+        self.assertEqual((status, err), (0, ""))
+        self.assertEqual(json.loads(out), {"id": second, "aborted": True})
+        self.assertEqual(ids[second].state, "aborted")
+        self.assertEqual(run_cli(["pending"])[1], "")
+
+    @unittest.skipUnless(os.name == "posix", "sends SIGINT")
+    def test_ctrl_c_with_resume_keeps_the_upload_and_says_how_to_go_on(self) -> None:
+        self.need_sigint()
+        path, _ = self.make_file("big.bin", 1 * MiB)
+        self.fake.inject("storage", delay=30)               # part 1 stalls
+        self.once_answered("storage", self.interrupt)       # part 2 is in
+        status, out, err = run_cli(["upload", path, "--resume", "--threshold", "256K",
+                                    "--workers", "2"])
+        self.assertEqual(status, 130, err)
+        self.assertEqual(err.splitlines()[-1], "fileslink: interrupted; the same command "
+                         "continues what was kept (`fileslink pending` lists it)")
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["open"])
+        self.assertIn("big.bin", run_cli(["pending"])[1])
+
+
+class TestCliEncoding(CliCase):
+    """A name stdout cannot encode is escaped (issue 9 item 10)."""
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "names of undecodable bytes")
+    def test_names_a_cp1252_stdout_cannot_hold_are_escaped_and_the_next_file_reported(self) -> None:
+        top = self.tree("日本.txt", "z.txt")
+        with open(os.path.join(os.fsencode(top), b"caf\xff.txt"), "wb") as f:
+            f.write(b"bytes")
+        child = self.child("upload", top, "-v", PYTHONIOENCODING="cp1252")
+        self.assertEqual(child.returncode, 0, child.stderr)
+        self.assertNotIn(b"Traceback", child.stderr)
+        names = sorted(line.split(" -> ")[0] for line in child.stdout.decode("cp1252").splitlines())
+        self.assertEqual(names, ["\\u65e5\\u672c.txt", "caf\\ufffd.txt", "z.txt"])
+        self.assertEqual(sorted(self.stored()), ["caf\ufffd.txt", "z.txt", "日本.txt"])
 
 
 # ---------------------------------------------------------------------------
