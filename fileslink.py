@@ -2124,7 +2124,12 @@ def _lock_journal(path: str, what: str) -> int:
             if current is not None and (current.st_ino, current.st_dev) == (
                     st.st_ino, st.st_dev):
                 os.lseek(fd, 1, os.SEEK_SET)
-                os.write(fd, b"%-19d\n" % os.getpid())  # for the refusal message
+                try:
+                    os.write(fd, b"%-19d\n" % os.getpid())  # for the refusal message
+                except OSError as exc:  # a full disk: say where, before any API call
+                    raise ConfigError("cannot write in %s (%s); set %s to a writable "
+                                      "directory" % (os.path.dirname(path), exc.strerror or exc,
+                                                     _ENV_STATE_DIR)) from exc
                 return fd
         except BaseException:
             os.close(fd)
@@ -2715,8 +2720,11 @@ class _Transfer:
         if job.journal is not None:
             try:
                 job.journal.add_part(number, etag)
-            except OSError as exc:
-                self._fail(job, exc)
+            except OSError as exc:  # a full disk: the upload cannot be resumed, so it ends
+                self._fail(job, TransferError("%s: part %d could not be recorded in the resume "
+                                              "journal in %s: %s" % (
+                                                  job.source.name, number, self.state_dir,
+                                                  exc.strerror or exc), None, number))
                 return
         job.etags[number] = etag
         job.stored_here += 1
