@@ -2226,320 +2226,18 @@ class TestFake(FakeTestCase):
         self.fake.stop()
         thread.join(5)
 
-# ---------------------------------------------------------------------------
-# The user's world (issue 9): encrypted storage, interim answers, slow and
-# hostile servers, answers lost after the request was carried out, signals.
-# Through the public API and the CLI; a child process where a wait could be
-# unbounded on a broken client or a signal is sent.
-# ---------------------------------------------------------------------------
-
-_WORLD_PART = 256 * 1024
-_WORLD_REPO = os.path.dirname(os.path.abspath(fileslink.__file__))
-#: The CLI as `python -m fileslink` runs it, with SIGINT and SIGTERM at their
-#: defaults whatever the test runner left them at (a background job ignores SIGINT).
-_WORLD_CLI = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-              "signal.signal(signal.SIGTERM, signal.SIG_DFL); "
-              "runpy.run_module('fileslink', run_name='__main__', alter_sys=True)")
-#: An upload in a child process: prints the outcome (a class name) and its seconds.
-_WORLD_UPLOAD = """if True:
-    import time, fileslink
-    client = fileslink.Client(retry=fileslink.Retry(attempts=2, backoff=0.01, max_backoff=0.05))
-    started = time.monotonic()
-    try:
-        client.upload(b"x" * 100, name="gate.bin")
-        outcome = "uploaded"
-    except fileslink.FilesLinkError as e:
-        outcome = type(e).__name__
-    print(outcome, "%.2f" % (time.monotonic() - started))
-"""
 
 
-def _world_bounded(test: unittest.TestCase, fn: Callable[[], Any],
-                   seconds: float) -> Tuple[Any, float]:
-    """fn() in a daemon thread: (what it returned or raised, seconds it took).
-    Still running after `seconds`: the test fails (the thread ends when the
-    fake stops at cleanup, which cuts its connections)."""
-    box: List[Any] = []
-
-    def target() -> None:
-        try:
-            box.append(fn())
-        except BaseException as e:
-            box.append(e)
-
-    started = time.monotonic()
-    thread = threading.Thread(target=target, name="world-bounded", daemon=True)
-    thread.start()
-    thread.join(seconds)
-    if thread.is_alive():
-        test.fail("still running after %.0f s" % seconds)
-    return box[0], time.monotonic() - started
 
 
-def _world_env(fake: FakeFilesLink, tmp: str) -> Dict[str, str]:
-    """The environment for a child process: the fake as the account, the repo importable."""
-    env = dict(os.environ, FILESLINK_KEY=fake.api_key, FILESLINK_BASE_URL=fake.base_url,
-               FILESLINK_FOLDER=fake.folder_id, FILESLINK_STATE_DIR=tmp)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [_WORLD_REPO, env.get("PYTHONPATH")]))
-    return env
 
 
-def _world_syn_sent(port: int) -> int:
-    """How many sockets of this machine are in connect() to 127.0.0.1:port
-    (SYN_SENT in /proc/net/tcp): the black hole's victims."""
-    with open("/proc/net/tcp") as table:
-        rows = [line.split() for line in table.readlines()[1:]]
-    return sum(1 for row in rows if row[2] == "0100007F:%04X" % port and row[3] == "02")
 
 
-class TestWorldEncryptedStorage(FakeTestCase):
-    """Under SSE-KMS and SSE-C storage's ETags are not MD5s: no resends."""
-
-    def world_upload_to(self, sse: str) -> None:
-        self.fake = fake = FakeFilesLink(sse=sse, min_part_size=_WORLD_PART,
-                                         part_size=_WORLD_PART).start()
-        self.addCleanup(fake.stop)
-        path, data = self.make_file("sealed.bin", 4 * _WORLD_PART + 17, seed=21)
-        client = self.client(checksum=True, multipart_threshold=2 * _WORLD_PART, max_workers=3)
-        single = client.upload(data[:_WORLD_PART], fake.folder_id, name="one.bin")
-        multi = client.upload(path, fake.folder_id)
-        # One PUT for the single file, one per part (5): nothing sent twice.
-        self.assertEqual(len([r for r in fake.storage_calls() if r.method == "PUT"]), 6)
-        self.assertEqual(fake.files[single.id].data, data[:_WORLD_PART])
-        self.assertTrue(multi.multipart)
-        self.assertTrue(fake.files[multi.id].data == data, "stored bytes differ")
-
-    def test_an_upload_to_sse_kms_storage_sends_each_part_once_and_succeeds(self) -> None:
-        self.world_upload_to("aws:kms")
-
-    def test_an_upload_to_sse_kms_dsse_storage_sends_each_part_once_and_succeeds(self) -> None:
-        self.world_upload_to("aws:kms:dsse")
-
-    def test_an_upload_to_sse_c_storage_sends_each_part_once_and_succeeds(self) -> None:
-        self.world_upload_to("SSE-C")
-
-    def test_under_sse_s3_the_etag_is_still_checked_and_a_damaged_body_resent(self) -> None:
-        self.fake = fake = FakeFilesLink(sse="AES256").start()
-        self.addCleanup(fake.stop)
-        fake.inject("storage", wrong_etag=True)
-        f = self.client().upload(b"payload" * 100, fake.folder_id, name="s3.bin")
-        self.assertEqual(len(fake.storage_calls()), 2)
-        self.assertEqual(fake.files[f.id].data, b"payload" * 100)
-
-    def test_a_genuine_md5_mismatch_is_retried_and_its_error_names_checksum_false(self) -> None:
-        self.fake.inject("storage", wrong_etag=True, times=3)
-        with self.assertRaises(fileslink.TransferError) as cm:
-            self.client().upload(b"payload" * 100, self.fake.folder_id, name="bad.bin")
-        self.assertEqual(len(self.fake.storage_calls()), 3)     # attempts=3: all of them
-        self.assertIn("checksum=False", str(cm.exception))
 
 
-class TestWorldInterimAnswers(FakeTestCase):
-    """102 Processing and 103 Early Hints come before the answer: skip them."""
-
-    fake_options = {"min_part_size": _WORLD_PART, "part_size": _WORLD_PART}
-
-    def test_102_and_103_before_an_api_answer_are_skipped(self) -> None:
-        self.fake.inject("api", interim=(102, 103), path_contains="/v1/files/" + self.fake.folder_id)
-        f = self.client().upload(b"hello", self.fake.folder_id, name="a.txt")
-        self.assertEqual(self.fake.files[f.id].data, b"hello")
-        self.assertEqual(len(self.fake.api_calls("/v1/files/" + self.fake.folder_id)), 1)
-
-    def test_102_and_103_before_a_put_answer_are_skipped(self) -> None:
-        self.fake.inject("storage", interim=(102, 103))
-        f = self.client().upload(b"hello", self.fake.folder_id, name="a.txt")
-        self.assertEqual(self.fake.files[f.id].data, b"hello")
-        self.assertEqual(len(self.fake.storage_calls()), 1)
-
-    def test_a_multipart_upload_with_interim_answers_everywhere_succeeds(self) -> None:
-        # Every answer on kept-alive connections: a 1xx left unread would be
-        # taken for the next exchange's answer.
-        self.fake.inject("api", interim=(103,), times=50)
-        self.fake.inject("storage", interim=(102, 103), times=50)
-        path, data = self.make_file("hints.bin", 5 * _WORLD_PART, seed=22)
-        f = self.client(multipart_threshold=_WORLD_PART, max_workers=2).upload(
-            path, self.fake.folder_id)
-        self.assertTrue(self.fake.files[f.id].data == data, "stored bytes differ")
-        self.assertEqual(len(self.fake.storage_calls()), 5)
 
 
-class TestWorldSlowAnswers(FakeTestCase):
-    """An answer trickling in at a byte every 0.5 s never trips a 1 s per-socket
-    timeout; `timeout` must also bound the whole answer. Each trickle would take
-    over a minute whole; the bound of 6 s leaves room for a loaded machine."""
-
-    def world_fails_in_time(self, error: type) -> None:
-        client = self.client(timeout=1, retry=fileslink.Retry(attempts=1))
-        outcome, took = _world_bounded(
-            self, lambda: client.upload(b"x" * 100, self.fake.folder_id, name="slow.bin"), 6)
-        self.assertIsInstance(outcome, error)
-        self.assertLess(took, 6)
-
-    def test_api_answer_headers_trickling_in_fail_the_call_within_seconds(self) -> None:
-        self.fake.inject("api", trickle=0.5, times=5)
-        self.world_fails_in_time(fileslink.APIError)
-
-    def test_an_api_answer_body_trickling_in_fails_the_call_within_seconds(self) -> None:
-        self.fake.inject("api", trickle=0.5, trickle_body=True, times=5)
-        self.world_fails_in_time(fileslink.APIError)
-
-    def test_a_put_answer_trickling_in_fails_the_put_within_seconds(self) -> None:
-        self.fake.inject("storage", trickle=0.5, times=5)
-        self.world_fails_in_time(fileslink.TransferError)
-
-
-class TestWorldHostileRateLimits(FakeTestCase):
-    """Rate-limit headers asking for a day or for decades: the wait is capped as
-    Retry-After is, and RateLimitError comes at once. In a child process: a
-    client that obeys waits for a day."""
-
-    def world_upload_in_a_child(self) -> Tuple[str, float]:
-        proc = subprocess.Popen([sys.executable, "-c", _WORLD_UPLOAD], cwd=self.tmp,
-                                env=_world_env(self.fake, self.tmp), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        try:
-            out, err = proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            self.fail("the upload was still waiting for the rate limit after 5 s")
-        self.assertEqual(proc.returncode, 0, err.decode(errors="replace"))
-        outcome, took = out.decode().split()
-        return outcome, float(took)
-
-    def test_a_ratelimit_reset_a_day_away_raises_rate_limit_error_at_once(self) -> None:
-        self.fake.inject("api", headers={"RateLimit": '"100-in-1min"; r=0; t=86400'},
-                         path_contains="/v1/files/" + self.fake.folder_id)
-        outcome, took = self.world_upload_in_a_child()
-        self.assertEqual(outcome, "RateLimitError")
-        self.assertLess(took, 2)
-
-    def test_an_epoch_x_ratelimit_reset_raises_rate_limit_error_at_once(self) -> None:
-        # An hour from now as a Unix time: too long whether read as a time
-        # (1 h) or, wrongly, as seconds (57 years).
-        self.fake.inject("api", headers={
-            "RateLimit": None, "RateLimit-Policy": None, "X-RateLimit-Limit": "100",
-            "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 3600)},
-            path_contains="/v1/files/" + self.fake.folder_id)
-        outcome, took = self.world_upload_in_a_child()
-        self.assertEqual(outcome, "RateLimitError")
-        self.assertLess(took, 2)
-
-
-class TestWorldGzipErrors(FakeTestCase):
-    """An error body gzipped though nobody asked: described, not dumped."""
-
-    def world_assert_described(self, text: str, raw: bytes) -> None:
-        self.assertIn("gzip", text)
-        sizes = (str(len(gzip.compress(raw, mtime=0))), str(len(raw)))
-        self.assertTrue(any(size in text for size in sizes), text)
-        self.assertNotRegex(text, "[\ufffd\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-    def test_a_gzip_error_body_from_the_api_is_described_by_size_and_encoding(self) -> None:
-        raw = json.dumps({"success": False, "message": "folder is locked"}).encode()
-        self.fake.inject("api", status=400, body=raw, gzip=True)
-        with self.assertRaises(fileslink.APIError) as cm:
-            self.client().upload(b"x" * 100, self.fake.folder_id, name="z.bin")
-        self.world_assert_described(str(cm.exception), raw)
-
-    def test_a_gzip_error_body_from_storage_is_described_by_size_and_encoding(self) -> None:
-        raw = _s3_error("AccessDenied", "Access Denied")
-        self.fake.inject("storage", status=400, body=raw, gzip=True)
-        with self.assertRaises(fileslink.TransferError) as cm:
-            self.client().upload(b"x" * 100, self.fake.folder_id, name="z.bin")
-        self.world_assert_described(str(cm.exception), raw)
-
-
-class TestWorldLostAnswers(FakeTestCase):
-    """The request was carried out and its answer lost: a POST that would make
-    a visible duplicate is not sent again; one safe to repeat is."""
-
-    def world_outcome(self, fn: Callable[[], Any]) -> Any:
-        try:
-            return fn()
-        except fileslink.FilesLinkError as e:
-            return e
-
-    def world_assert_one(self, rows: Dict[str, dict], title: str, outcome: Any) -> None:
-        count = [row["title"] for row in rows.values()].count(title)
-        self.assertEqual(count, 1, "%d rows titled %r: the POST was sent again" % (count, title))
-        self.assertIsInstance(outcome, fileslink.APIError)
-        self.assertIn("may have been created", str(outcome))
-
-    def test_a_create_folder_whose_answer_was_lost_is_not_sent_again(self) -> None:
-        client = self.client()
-        client.list_projects()       # a kept-alive connection: its loss is not a stale socket
-        self.fake.inject("api", lost=True, path_contains="/v1/folders")
-        outcome = self.world_outcome(lambda: client.create_folder("Reports", self.fake.project_id))
-        self.world_assert_one(self.fake.folders, "Reports", outcome)
-
-    def test_a_create_project_whose_answer_was_lost_is_not_sent_again(self) -> None:
-        self.fake.inject("api", lost=True, path_contains="/v1/projects")
-        outcome = self.world_outcome(lambda: self.client().create_project("Quarterly"))
-        self.world_assert_one(self.fake.projects, "Quarterly", outcome)
-
-    def test_a_presign_whose_answer_was_lost_is_sent_again_and_the_upload_succeeds(self) -> None:
-        self.fake.inject("api", lost=True, path_contains="/v1/files/" + self.fake.folder_id)
-        f = self.client().upload(b"again", self.fake.folder_id, name="again.txt")
-        self.assertEqual(len(self.fake.api_calls("/v1/files/" + self.fake.folder_id)), 2)
-        self.assertEqual([x.id for x in self.fake.files.values() if x.uploaded], [f.id])
-        self.assertEqual(self.fake.files[f.id].data, b"again")
-
-
-class TestWorldSignals(FakeTestCase):
-    """The CLI in a child process, signalled mid-upload: it exits with the
-    conventional status (130 Ctrl-C, 143 SIGTERM) within 5 s (the target is
-    2 s; 5 s leaves room for a loaded machine), its multipart upload aborted."""
-
-    fake_options = {"min_part_size": MiB, "part_size": MiB}
-
-    def world_cli(self, *argv: str) -> "subprocess.Popen[bytes]":
-        proc = subprocess.Popen([sys.executable, "-c", _WORLD_CLI] + list(argv), cwd=_WORLD_REPO,
-                                env=_world_env(self.fake, self.tmp), stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-
-        def reap() -> None:
-            if proc.poll() is None:
-                proc.kill()
-            proc.communicate()
-
-        self.addCleanup(reap)
-        return proc
-
-    def world_exit_status(self, proc: "subprocess.Popen[bytes]", what: str) -> Tuple[int, bytes]:
-        try:
-            out, _ = proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            self.fail("the CLI was still running 5 s after %s" % what)
-        return proc.returncode, out
-
-    def test_ctrl_c_with_workers_stuck_in_connect_exits_130_within_seconds_and_aborts(self) -> None:
-        if not sys.platform.startswith("linux"):
-            self.skipTest("needs Linux: a full accept queue and /proc/net/tcp")
-        path, _ = self.make_file("big.bin", 4 * MiB, seed=31)
-        port = urlsplit(self.fake.black_hole()).port
-        proc = self.world_cli("upload", path, "--threshold", "1M", "--workers", "4")
-        # The kernel raises no event for a SYN sent: poll its table, bounded.
-        deadline = time.monotonic() + 10
-        while _world_syn_sent(port) == 0 and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        self.assertGreater(_world_syn_sent(port), 0, "no worker reached connect()")
-        proc.send_signal(signal.SIGINT)
-        code, out = self.world_exit_status(proc, "SIGINT")
-        self.assertEqual((code, out), (130, b""))
-        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
-
-    def test_sigterm_during_a_multipart_upload_aborts_it_and_exits_143(self) -> None:
-        path, _ = self.make_file("big.bin", 4 * MiB, seed=32)
-        self.fake.inject("storage", delay=30, times=100)     # parts hang until the signal
-        proc = self.world_cli("upload", path, "--threshold", "1M", "--workers", "4")
-        self.assertTrue(self.fake.wait_for(lambda: bool(self.fake.storage_calls()), 10),
-                        "no part reached storage")
-        proc.send_signal(signal.SIGTERM)
-        code, out = self.world_exit_status(proc, "SIGTERM")
-        self.assertEqual((code, out), (143, b""))
-        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
 
 # ---- tests of fileslink (merged by the lead) ----
 
@@ -2562,6 +2260,121 @@ class KeyInEnvCase(FakeTestCase):
     def setUp(self) -> None:
         super().setUp()
         self.set_env(key=True)
+
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+
+#: A child process that uploads one file through the library, as a user's
+#: script would; argv: path, then JSON options for Client and upload().
+_CHILD_UPLOAD = """
+import json, logging, sys  # logging: its last-resort handler shows warnings on stderr
+sys.path.insert(0, %r)
+import fileslink
+options, kwargs = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+try:
+    result = fileslink.Client(**options).upload(sys.argv[1], **kwargs)
+except fileslink.FilesLinkError as exc:
+    print("error:", exc)
+    sys.exit(1)
+print(result.id)
+""" % _HERE
+
+
+_WORLD_PART = 256 * 1024
+_WORLD_REPO = os.path.dirname(os.path.abspath(fileslink.__file__))
+#: The CLI as `python -m fileslink` runs it, with SIGINT and SIGTERM at their
+#: defaults whatever the test runner left them at (a background job ignores SIGINT).
+_WORLD_CLI = ("import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "signal.signal(signal.SIGTERM, signal.SIG_DFL); "
+              "runpy.run_module('fileslink', run_name='__main__', alter_sys=True)")
+#: An upload in a child process: prints the outcome (a class name) and its seconds.
+_WORLD_UPLOAD = """if True:
+    import time, fileslink
+    client = fileslink.Client(retry=fileslink.Retry(attempts=2, backoff=0.01, max_backoff=0.05))
+    started = time.monotonic()
+    try:
+        client.upload(b"x" * 100, name="gate.bin")
+        outcome = "uploaded"
+    except fileslink.FilesLinkError as e:
+        outcome = type(e).__name__
+    print(outcome, "%.2f" % (time.monotonic() - started))
+"""
+
+
+def _world_syn_sent(port: int) -> int:
+    """How many sockets of this machine are in connect() to 127.0.0.1:port
+    (SYN_SENT in /proc/net/tcp): the black hole's victims."""
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return sum(1 for row in rows if row[2] == "0100007F:%04X" % port and row[3] == "02")
+
+
+class PartsCase(FakeTestCase):
+    """A fake whose parts may be 1 MiB, so multipart tests stay small."""
+
+    fake_options = {"min_part_size": MiB}
+
+
+class ResumeCase(PartsCase):
+    """Resume under test: a state dir of the test's own, and the client in a
+    child process that the fake holds mid-upload when asked."""
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.state = os.path.join(self.tmp, "state")
+        os.environ["FILESLINK_STATE_DIR"] = self.state
+
+    def child_upload(self, path: str, **kwargs: Any) -> "subprocess.Popen[str]":
+        options = {"api_key": self.fake.api_key, "base_url": self.fake.base_url,
+                   "multipart_threshold": MiB, "max_workers": 1, "timeout": 2,
+                   "retry": None}
+        return subprocess.Popen(
+            [sys.executable, "-c", _CHILD_UPLOAD, path, json.dumps(options),
+             json.dumps(dict(folder_id=self.fake.folder_id, resume=True, **kwargs))],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            # A shell's background job starts with SIGINT ignored, and Python
+            # then never raises KeyboardInterrupt: give the child the default.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+    def child_stalled_after(self, path: str, parts: int) -> "subprocess.Popen[str]":
+        """A child uploading `path` with resume on, held mid-upload: the fake
+        lets `parts` PUTs through (faults that do nothing), then stalls the next."""
+        self.fake.inject("storage", delay=0, times=parts)
+        self.fake.inject("storage", delay=30)
+        child = self.child_upload(path)
+        self.wait_for(lambda: self.journal_parts() >= parts
+                      and len(self.puts()) > parts)  # the stalled PUT is in
+        return child
+
+    def journal_parts(self) -> int:
+        """Parts the journal records as stored (its .parts file, less the header)."""
+        names = [n for n in os.listdir(self.state) if n.endswith(".parts")] \
+            if os.path.isdir(self.state) else []
+        if not names:
+            return 0
+        with open(os.path.join(self.state, names[0]), "rb") as f:
+            return max(0, f.read().count(b"\n") - 1)
+
+    def wait_for(self, condition: Callable[[], bool], seconds: float = 20) -> None:
+        deadline = time.monotonic() + seconds  # a bound for a hung child, not a measure
+        while not condition():
+            self.assertLess(time.monotonic(), deadline, "the child never got there")
+            time.sleep(0.01)
+
+
+class SmallPartsResumeCase(FakeTestCase):
+    """Resume with 64 KiB parts, in this process."""
+
+    fake_options = {"min_part_size": 64 * 1024, "part_size": 64 * 1024}
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.state = os.path.join(self.tmp, "state")
+        os.environ["FILESLINK_STATE_DIR"] = self.state
+
+
+    def big_client(self, **kw: Any) -> "fileslink.Client":
+        return self.client(multipart_threshold=64 * 1024, **kw)
 
 
 #: Parts of 64 KiB (a fake option), so a 2 MiB file is 32 parts: cheap.
@@ -2997,6 +2810,50 @@ class TestSources(FakeTestCase):
         self.assert_stored(result, data)
 
 
+class TestSourcesInTheWild(FakeTestCase):
+    """Paths that are not regular files, text streams, names with bad bytes."""
+
+    def test_a_fifo_path_is_read_to_its_end_and_stored_whole(self) -> None:
+        fifo = os.path.join(self.tmp, "pipe")
+        os.mkfifo(fifo)
+        data = pseudo_random_bytes(3 * MiB, seed=70)
+
+        def write() -> None:
+            with open(fifo, "wb") as f:
+                f.write(data)
+
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        result = self.client().upload(fifo, self.fake.folder_id, name="dump.sql")
+        writer.join(10)
+        self.assertEqual(result.size, len(data))
+        self.assert_stored(result, data)
+
+    def test_devices_sockets_and_text_streams_are_refused_before_any_call(self) -> None:
+        server = socket.socket(socket.AF_UNIX)
+        self.addCleanup(server.close)
+        sock_path = os.path.join(self.tmp, "s.sock")
+        server.bind(sock_path)
+        text_path, _ = self.make_file("notes.txt", 10)
+        text = open(text_path, "r")
+        self.addCleanup(text.close)
+        client = self.client()
+        for label, source, says in (("device", "/dev/zero", "device"),
+                                    ("socket", sock_path, "socket"),
+                                    ("text file", text, "binary mode"),
+                                    ("StringIO", io.StringIO("hello"), "binary mode")):
+            with self.subTest(label):
+                with self.assertRaises(fileslink.ConfigError) as caught:
+                    client.upload(source, self.fake.folder_id, name="x.bin")
+                self.assertIn(says, str(caught.exception))
+        self.assertEqual(self.fake.log, [])
+
+    def test_a_name_with_undecodable_bytes_is_repaired_as_file_names_are(self) -> None:
+        result = self.client().upload(b"abc", self.fake.folder_id, name="caf\udce9.txt")
+        self.assertEqual(result.name, "caf\ufffd.txt")
+        self.assertEqual(self.fake.files[result.id].name, "caf\ufffd.txt")
+
+
 # ---------------------------------------------------------------------------
 # Single-part uploads
 # ---------------------------------------------------------------------------
@@ -3306,6 +3163,29 @@ class TestPartFailingForGood(FolderInEnvCase):
         self.join_workers()
 
 
+class TestCtrlCWithManyUploads(SmallPartsResumeCase):
+    """Ctrl-C with several multipart uploads open."""
+
+    def test_ctrl_c_returns_within_two_seconds_with_several_uploads_to_abort(self) -> None:
+        paths = [self.make_file("big%d.bin" % i, 128 * 1024, seed=97 + i)[0] for i in range(4)]
+        self.fake.inject("storage", delay=30, times=100)       # parts stall (stop() ends it)
+        self.fake.inject("api", delay=30, times=10, path_contains="abort")   # so does abort
+        sending: Dict[str, int] = {}
+        sent: List[float] = []
+
+        def progress(name: str, done: int, total: int) -> None:
+            sending[name] = done
+            if len(sending) == 4 and not sent:    # all four initiated, parts on the wire
+                sent.append(time.monotonic())
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        with self.assertRaises(KeyboardInterrupt):
+            self.big_client(max_workers=8, timeout=10).upload_many(paths, self.fake.folder_id,
+                                                                   progress=progress)
+        self.assertEqual(len(sent), 1)
+        self.assertLess(time.monotonic() - sent[0], 2)
+
+
 # ---------------------------------------------------------------------------
 # upload_many: batches, order, partial failure
 # ---------------------------------------------------------------------------
@@ -3371,6 +3251,43 @@ class TestUploadMany(FolderInEnvCase):
             stored = self.fake.files[e.results[i].id]
             self.assertEqual((stored.uploaded, stored.data == data[i]), (True, True), i)
         self.assertEqual(sorted(calls), list(range(10)))
+
+
+class TestFairShareAndReruns(PartsCase):
+    """Small files beside a big one, a bandwidth cap, skipping what is there."""
+
+    def test_a_small_file_starts_within_one_part_of_a_big_one(self) -> None:
+        big, _ = self.make_file("big.iso", 8 * MiB, seed=74)
+        small, small_data = self.make_file("notes.txt", 100, seed=75)
+        client = self.client(multipart_threshold=MiB, max_workers=1)
+        client.upload_many([big, small], self.fake.folder_id)
+        names = [r.path.rsplit("/", 1)[1] for r in self.puts()]
+        self.assertEqual(names[:2], ["big.iso", "notes.txt"])
+        self.assertEqual(len(names), 9)
+
+    def test_max_bandwidth_holds_the_rate_down_across_workers(self) -> None:
+        path, data = self.make_file("slow.bin", 2 * MiB, seed=76)
+        client = self.client(multipart_threshold=MiB // 2, max_workers=4,
+                             max_bandwidth=4 * MiB)
+        started = time.monotonic()
+        self.assert_stored(client.upload(path, self.fake.folder_id), data)
+        # A lower bound only: a busy machine can make it slower, never faster.
+        self.assertGreaterEqual(time.monotonic() - started, 0.45)
+
+    def test_skip_existing_lists_once_and_sends_only_what_is_missing(self) -> None:
+        a, _ = self.make_file("a.txt", 10, seed=77)
+        b, _ = self.make_file("b.txt", 20, seed=78)
+        c, c_data = self.make_file("c.txt", 30, seed=79)
+        client = self.client()
+        first = client.upload_many([a, b], self.fake.folder_id)
+        mark = len(self.fake.log)
+        again = client.upload_many([a, b, c], self.fake.folder_id, skip_existing=True)
+        self.assertEqual([f.skipped for f in again], [True, True, False])
+        self.assertEqual([f.id for f in again[:2]], [f.id for f in first])
+        self.assert_stored(again[2], c_data)
+        calls = [(r.method, r.path) for r in self.fake.log[mark:] if r.plane == "api"]
+        self.assertEqual([m for m, _ in calls], ["GET", "POST", "POST"])  # list, presign, confirm
+        self.assertEqual(len(self.puts(mark)), 1)
 
 
 # ---------------------------------------------------------------------------
@@ -3542,6 +3459,104 @@ class TestStalls(FolderInEnvCase):
         f = self.bounded(lambda: self.client(timeout=0.5).upload(path), 15)
         self.assertEqual(len(self.puts()), 2)
         self.assertEqual(self.fake.files[f.id].data, data)
+
+
+class TestRetryReports(FakeTestCase):
+    """What -v and the final error say of retries."""
+
+    def test_retries_are_logged_at_info_and_the_last_error_counts_the_tries(self) -> None:
+        self.fake.inject("api", status=503, times=3)
+        with self.assertLogs("fileslink", "INFO") as logs, \
+                self.assertRaises(fileslink.APIError) as caught:
+            self.client().upload(b"x", self.fake.folder_id, name="r.txt")
+        self.assertIn("gave up after 3 tries", str(caught.exception))
+        self.assertTrue(any("try 2 of 3 in" in line for line in logs.output), logs.output)
+
+
+class TestLostAnswers(FakeTestCase):
+    """The request was carried out and its answer lost: a POST that would make
+    a visible duplicate is not sent again; one safe to repeat is."""
+
+    def world_outcome(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except fileslink.FilesLinkError as e:
+            return e
+
+    def world_assert_one(self, rows: Dict[str, dict], title: str, outcome: Any) -> None:
+        count = [row["title"] for row in rows.values()].count(title)
+        self.assertEqual(count, 1, "%d rows titled %r: the POST was sent again" % (count, title))
+        self.assertIsInstance(outcome, fileslink.APIError)
+        self.assertIn("may have been created", str(outcome))
+
+    def test_a_create_folder_whose_answer_was_lost_is_not_sent_again(self) -> None:
+        client = self.client()
+        client.list_projects()       # a kept-alive connection: its loss is not a stale socket
+        self.fake.inject("api", lost=True, path_contains="/v1/folders")
+        outcome = self.world_outcome(lambda: client.create_folder("Reports", self.fake.project_id))
+        self.world_assert_one(self.fake.folders, "Reports", outcome)
+
+    def test_a_create_project_whose_answer_was_lost_is_not_sent_again(self) -> None:
+        self.fake.inject("api", lost=True, path_contains="/v1/projects")
+        outcome = self.world_outcome(lambda: self.client().create_project("Quarterly"))
+        self.world_assert_one(self.fake.projects, "Quarterly", outcome)
+
+    def test_a_presign_whose_answer_was_lost_is_sent_again_and_the_upload_succeeds(self) -> None:
+        self.fake.inject("api", lost=True, path_contains="/v1/files/" + self.fake.folder_id)
+        f = self.client().upload(b"again", self.fake.folder_id, name="again.txt")
+        self.assertEqual(len(self.fake.api_calls("/v1/files/" + self.fake.folder_id)), 2)
+        self.assertEqual([x.id for x in self.fake.files.values() if x.uploaded], [f.id])
+        self.assertEqual(self.fake.files[f.id].data, b"again")
+
+
+
+class TestLostAnswersOnKeptConnections(FakeTestCase):
+    """A lost answer on a kept-alive connection is not a stale connection."""
+
+    def test_create_folder_is_sent_once_when_a_kept_alive_connection_drops_after_it(self) -> None:
+        # A raw API: a GET is answered on a kept-alive connection; the POST that
+        # follows on it is taken whole (the folder is made) and goes unanswered.
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        self.addCleanup(listener.close)
+        seen: List[str] = []
+
+        def serve(conn: socket.socket) -> None:
+            with conn:
+                reader = conn.makefile("rb")
+                while True:
+                    line = reader.readline().decode()
+                    if not line:
+                        return
+                    length = 0
+                    for header in iter(reader.readline, b"\r\n"):
+                        name, _, value = header.decode().partition(":")
+                        if name.strip().lower() == "content-length":
+                            length = int(value)
+                    reader.read(length)
+                    seen.append(line.split()[0])
+                    if line.startswith("POST"):
+                        return                    # carried out; the answer is lost
+                    body = b'{"success": true, "data": []}'
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+
+        def accept() -> None:
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+        client = self.client(base_url="http://127.0.0.1:%d" % listener.getsockname()[1])
+        client.list_projects()                    # leaves a kept-alive connection
+        with self.assertRaises(fileslink.APIError) as caught:
+            client.create_folder("Invoices", "p1")
+        self.assertIn("may have been", str(caught.exception))
+        self.assertEqual(seen, ["GET", "POST"])   # a second POST is a second folder
 
 
 class TestChaos(FolderInEnvCase):
@@ -3765,6 +3780,21 @@ class TestExpiry(FolderInEnvCase):
         self.assertEqual(up.state, "aborted")
 
 
+class TestExpiryWarning(PartsCase):
+    """Part URLs too short-lived for the rate are warned of."""
+
+    def test_part_urls_too_short_for_the_rate_are_warned_of_then_named(self) -> None:
+        self.fake.url_ttl = 2.0
+        path, _ = self.make_file("late.bin", 4 * MiB, seed=80)
+        client = self.client(multipart_threshold=MiB, max_workers=1, max_bandwidth=MiB)
+        with self.assertLogs("fileslink", "WARNING") as logs, \
+                self.assertRaises(fileslink.TransferError) as caught:
+            client.upload(path, self.fake.folder_id)
+        self.assertIn("will likely fail", "\n".join(logs.output))
+        self.assertIn("lifetime is 2 s", str(caught.exception))
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+
+
 # ---------------------------------------------------------------------------
 # Integrity: the ETag against the MD5 of what was sent; sources that change
 # ---------------------------------------------------------------------------
@@ -3858,6 +3888,48 @@ class TestIntegrity(FolderInEnvCase):
         self.assertEqual(uploaded, ["m0.bin", "m2.bin"])
 
 
+class TestEncryptedStorage(FakeTestCase):
+    """Under SSE-KMS and SSE-C storage's ETags are not MD5s: no resends."""
+
+    def world_upload_to(self, sse: str) -> None:
+        self.fake = fake = FakeFilesLink(sse=sse, min_part_size=_WORLD_PART,
+                                         part_size=_WORLD_PART).start()
+        self.addCleanup(fake.stop)
+        path, data = self.make_file("sealed.bin", 4 * _WORLD_PART + 17, seed=21)
+        client = self.client(checksum=True, multipart_threshold=2 * _WORLD_PART, max_workers=3)
+        single = client.upload(data[:_WORLD_PART], fake.folder_id, name="one.bin")
+        multi = client.upload(path, fake.folder_id)
+        # One PUT for the single file, one per part (5): nothing sent twice.
+        self.assertEqual(len([r for r in fake.storage_calls() if r.method == "PUT"]), 6)
+        self.assertEqual(fake.files[single.id].data, data[:_WORLD_PART])
+        self.assertTrue(multi.multipart)
+        self.assertTrue(fake.files[multi.id].data == data, "stored bytes differ")
+
+    def test_an_upload_to_sse_kms_storage_sends_each_part_once_and_succeeds(self) -> None:
+        self.world_upload_to("aws:kms")
+
+    def test_an_upload_to_sse_kms_dsse_storage_sends_each_part_once_and_succeeds(self) -> None:
+        self.world_upload_to("aws:kms:dsse")
+
+    def test_an_upload_to_sse_c_storage_sends_each_part_once_and_succeeds(self) -> None:
+        self.world_upload_to("SSE-C")
+
+    def test_under_sse_s3_the_etag_is_still_checked_and_a_damaged_body_resent(self) -> None:
+        self.fake = fake = FakeFilesLink(sse="AES256").start()
+        self.addCleanup(fake.stop)
+        fake.inject("storage", wrong_etag=True)
+        f = self.client().upload(b"payload" * 100, fake.folder_id, name="s3.bin")
+        self.assertEqual(len(fake.storage_calls()), 2)
+        self.assertEqual(fake.files[f.id].data, b"payload" * 100)
+
+    def test_a_genuine_md5_mismatch_is_retried_and_its_error_names_checksum_false(self) -> None:
+        self.fake.inject("storage", wrong_etag=True, times=3)
+        with self.assertRaises(fileslink.TransferError) as cm:
+            self.client().upload(b"payload" * 100, self.fake.folder_id, name="bad.bin")
+        self.assertEqual(len(self.fake.storage_calls()), 3)     # attempts=3: all of them
+        self.assertIn("checksum=False", str(cm.exception))
+
+
 # ---------------------------------------------------------------------------
 # Rate limits
 # ---------------------------------------------------------------------------
@@ -3900,6 +3972,44 @@ class TestRateLimit(FolderInEnvCase):
         self.assertEqual([len(results[t]) for t in range(2)], [10, 10], results)
         self.assertEqual(sum(1 for f in self.fake.files.values() if f.uploaded), 20)
         self.assertLessEqual(self._429s(), 2)
+
+
+class TestHostileRateLimits(FakeTestCase):
+    """Rate-limit headers asking for a day or for decades: the wait is capped as
+    Retry-After is, and RateLimitError comes at once. In a child process: a
+    client that obeys waits for a day."""
+
+    def world_upload_in_a_child(self) -> Tuple[str, float]:
+        proc = subprocess.Popen([sys.executable, "-c", _WORLD_UPLOAD], cwd=self.tmp,
+                                env=self.child_env(FILESLINK_STATE_DIR=self.tmp, PYTHONPATH=_WORLD_REPO), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            self.fail("the upload was still waiting for the rate limit after 5 s")
+        self.assertEqual(proc.returncode, 0, err.decode(errors="replace"))
+        outcome, took = out.decode().split()
+        return outcome, float(took)
+
+    def test_a_ratelimit_reset_a_day_away_raises_rate_limit_error_at_once(self) -> None:
+        self.fake.inject("api", headers={"RateLimit": '"100-in-1min"; r=0; t=86400'},
+                         path_contains="/v1/files/" + self.fake.folder_id)
+        outcome, took = self.world_upload_in_a_child()
+        self.assertEqual(outcome, "RateLimitError")
+        self.assertLess(took, 2)
+
+    def test_an_epoch_x_ratelimit_reset_raises_rate_limit_error_at_once(self) -> None:
+        # An hour from now as a Unix time: too long whether read as a time
+        # (1 h) or, wrongly, as seconds (57 years).
+        self.fake.inject("api", headers={
+            "RateLimit": None, "RateLimit-Policy": None, "X-RateLimit-Limit": "100",
+            "X-RateLimit-Remaining": "0", "X-RateLimit-Reset": str(int(time.time()) + 3600)},
+            path_contains="/v1/files/" + self.fake.folder_id)
+        outcome, took = self.world_upload_in_a_child()
+        self.assertEqual(outcome, "RateLimitError")
+        self.assertLess(took, 2)
 
 
 # ---------------------------------------------------------------------------
@@ -4057,6 +4167,61 @@ class TestConnectionReuse(FakeTestCase):
             self.assertEqual(len(self.presigns(mark)), 2)
 
 
+class TestInterimAnswers(FakeTestCase):
+    """102 Processing and 103 Early Hints come before the answer: skip them."""
+
+    fake_options = {"min_part_size": _WORLD_PART, "part_size": _WORLD_PART}
+
+    def test_102_and_103_before_an_api_answer_are_skipped(self) -> None:
+        self.fake.inject("api", interim=(102, 103), path_contains="/v1/files/" + self.fake.folder_id)
+        f = self.client().upload(b"hello", self.fake.folder_id, name="a.txt")
+        self.assertEqual(self.fake.files[f.id].data, b"hello")
+        self.assertEqual(len(self.fake.api_calls("/v1/files/" + self.fake.folder_id)), 1)
+
+    def test_102_and_103_before_a_put_answer_are_skipped(self) -> None:
+        self.fake.inject("storage", interim=(102, 103))
+        f = self.client().upload(b"hello", self.fake.folder_id, name="a.txt")
+        self.assertEqual(self.fake.files[f.id].data, b"hello")
+        self.assertEqual(len(self.fake.storage_calls()), 1)
+
+    def test_a_multipart_upload_with_interim_answers_everywhere_succeeds(self) -> None:
+        # Every answer on kept-alive connections: a 1xx left unread would be
+        # taken for the next exchange's answer.
+        self.fake.inject("api", interim=(103,), times=50)
+        self.fake.inject("storage", interim=(102, 103), times=50)
+        path, data = self.make_file("hints.bin", 5 * _WORLD_PART, seed=22)
+        f = self.client(multipart_threshold=_WORLD_PART, max_workers=2).upload(
+            path, self.fake.folder_id)
+        self.assertTrue(self.fake.files[f.id].data == data, "stored bytes differ")
+        self.assertEqual(len(self.fake.storage_calls()), 5)
+
+
+
+class TestSlowAnswers(FakeTestCase):
+    """An answer trickling in at a byte every 0.5 s never trips a 1 s per-socket
+    timeout; `timeout` must also bound the whole answer. Each trickle would take
+    over a minute whole; the bound of 6 s leaves room for a loaded machine."""
+
+    def world_fails_in_time(self, error: type) -> None:
+        client = self.client(timeout=1, retry=fileslink.Retry(attempts=1))
+        started = time.monotonic()
+        with self.assertRaises(error):
+            self.bounded(lambda: client.upload(b"x" * 100, self.fake.folder_id, name="slow.bin"), 6)
+        self.assertLess(time.monotonic() - started, 6)
+
+    def test_api_answer_headers_trickling_in_fail_the_call_within_seconds(self) -> None:
+        self.fake.inject("api", trickle=0.5, times=5)
+        self.world_fails_in_time(fileslink.APIError)
+
+    def test_an_api_answer_body_trickling_in_fails_the_call_within_seconds(self) -> None:
+        self.fake.inject("api", trickle=0.5, trickle_body=True, times=5)
+        self.world_fails_in_time(fileslink.APIError)
+
+    def test_a_put_answer_trickling_in_fails_the_put_within_seconds(self) -> None:
+        self.fake.inject("storage", trickle=0.5, times=5)
+        self.world_fails_in_time(fileslink.TransferError)
+
+
 # ---------------------------------------------------------------------------
 # Errors: the documented class and a useful message for each bad input
 # ---------------------------------------------------------------------------
@@ -4205,6 +4370,52 @@ class TestBadInput(FolderInEnvCase):
                     check(cm.exception, fake.log[before:])
                 if offline:
                     self.assertEqual(fake.log[before:], [], "no request before a local error")
+
+
+class TestGzipErrors(FakeTestCase):
+    """An error body gzipped though nobody asked: described, not dumped."""
+
+    def world_assert_described(self, text: str, raw: bytes) -> None:
+        self.assertIn("gzip", text)
+        sizes = (str(len(gzip.compress(raw, mtime=0))), str(len(raw)))
+        self.assertTrue(any(size in text for size in sizes), text)
+        self.assertNotRegex(text, "[\ufffd\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+    def test_a_gzip_error_body_from_the_api_is_described_by_size_and_encoding(self) -> None:
+        raw = json.dumps({"success": False, "message": "folder is locked"}).encode()
+        self.fake.inject("api", status=400, body=raw, gzip=True)
+        with self.assertRaises(fileslink.APIError) as cm:
+            self.client().upload(b"x" * 100, self.fake.folder_id, name="z.bin")
+        self.world_assert_described(str(cm.exception), raw)
+
+    def test_a_gzip_error_body_from_storage_is_described_by_size_and_encoding(self) -> None:
+        raw = _s3_error("AccessDenied", "Access Denied")
+        self.fake.inject("storage", status=400, body=raw, gzip=True)
+        with self.assertRaises(fileslink.TransferError) as cm:
+            self.client().upload(b"x" * 100, self.fake.folder_id, name="z.bin")
+        self.world_assert_described(str(cm.exception), raw)
+
+
+
+class TestBadInputOfTheWild(FakeTestCase):
+    """Keys and streams a user pastes or opens wrongly."""
+
+    def test_a_key_the_headers_cannot_carry_is_refused_and_never_shown(self) -> None:
+        key = "\u201c%s\u201d" % self.fake.api_key   # pasted with a page's curly quotes
+        with self.assertRaises(fileslink.ConfigError) as caught:
+            self.client(api_key=key).list_projects()
+        self.assertNotIn(self.fake.api_key, repr(caught.exception))
+        self.assertEqual(self.fake.log, [])
+
+    def test_a_text_mode_spooled_temporary_file_is_refused_before_any_call(self) -> None:
+        stream = tempfile.SpooledTemporaryFile(mode="w+")
+        self.addCleanup(stream.close)
+        stream.write("hello\n")
+        stream.seek(0)
+        with self.assertRaises(fileslink.ConfigError) as caught:
+            self.client().upload(stream, self.fake.folder_id, name="x.txt")
+        self.assertIn("binary", str(caught.exception))
+        self.assertEqual(self.fake.log, [])
 
 
 # ---------------------------------------------------------------------------
@@ -4579,6 +4790,508 @@ class TestModuleUpload(FakeTestCase):
         with self.assertRaises(fileslink.ConfigError):
             fileslink.upload(path)
         self.assertEqual(self.fake.log, [])
+
+
+# ---------------------------------------------------------------------------
+# Resume: the journal on its own, then uploads continued after a crash
+# ---------------------------------------------------------------------------
+
+#: A second process for the journal tests: argv = repo, mode, state dir, path.
+_JOURNAL_CHILD = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+import fileslink
+mode, state, path = sys.argv[2:5]
+try:
+    journal = fileslink._Journal.open(state, "https://api.example", "folder-1", path)
+except fileslink.ConfigError as exc:
+    print(exc)
+    sys.exit(3)
+if mode == "crash-before-rename":
+    os.replace = lambda *args: os._exit(9)     # dies where a power cut could
+    journal.create(json.loads(sys.stdin.read()))
+print("locked")
+"""
+
+
+def _signed_url(number: int, signed_at: float, lifetime: int, vendor: str = "Amz") -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(signed_at))
+    return ("https://storage.example/bucket/big.bin?partNumber=%d&uploadId=up-1&X-%s-Date=%s"
+            "&X-%s-Expires=%d&X-%s-Signature=%s" % (number, vendor, stamp, vendor, lifetime,
+                                                     vendor, "ab" * 32))
+
+
+def _mode_of(path: str) -> int:
+    return os.stat(path).st_mode & 0o777
+
+
+def _query_of(url: str) -> Dict[str, str]:
+    return dict(parse_qsl(urlsplit(url).query))
+
+
+class TestJournal(unittest.TestCase):
+
+    base_url, folder = "https://api.example", "folder-1"
+
+    def setUp(self) -> None:
+        self.tmp = tempfile.mkdtemp(prefix="fileslink-journal-")
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.state = os.path.join(self.tmp, "state")
+        self.path = self.write("big.bin", pseudo_random_bytes(3 * MiB))
+        self.now = float(int(time.time()))
+
+    def write(self, name: str, data: bytes) -> str:
+        path = os.path.join(self.tmp, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    def open(self, path: Optional[str] = None) -> "fileslink._Journal":
+        journal = fileslink._Journal.open(self.state, self.base_url, self.folder, path or self.path)
+        self.addCleanup(journal.close)
+        return journal
+
+    def record(self, urls: Optional[List[str]] = None, path: Optional[str] = None,
+               file_id: str = "file-1", upload_id: str = "up-1") -> Dict[str, Any]:
+        if urls is None:
+            urls = [_signed_url(n, self.now, 3600) for n in (1, 2, 3)]
+        return fileslink._journal_record(
+            self.base_url, self.folder, fileslink._source_identity(path or self.path),
+            file_id=file_id, upload_id=upload_id, key="k/big.bin", bucket="bucket",
+            name="big.bin", mime_type="application/octet-stream", size=3 * MiB,
+            part_size=-(-3 * MiB // len(urls)), urls=urls, now=self.now)
+
+    def child(self, mode: str, stdin: bytes = b"") -> "subprocess.CompletedProcess[str]":
+        return subprocess.run([sys.executable, "-c", _JOURNAL_CHILD, HERE, mode, self.state,
+                               self.path], input=stdin.decode(), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
+
+    def files(self) -> List[str]:
+        return sorted(os.listdir(self.state))
+
+    def test_state_dir_is_the_variable_else_the_user_cache_directory(self) -> None:
+        if os.name == "nt":
+            self.skipTest("the POSIX layout")
+        rows = [({"FILESLINK_STATE_DIR": "/s", "XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/s"),
+                ({"XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/x/fileslink"),
+                ({"XDG_CACHE_HOME": "relative", "HOME": "/h"}, "/h/.cache/fileslink"),
+                ({"FILESLINK_STATE_DIR": "", "HOME": "/h"}, "/h/.cache/fileslink")]
+        for environ, want in rows:
+            with self.subTest(environ):
+                self.assertEqual(fileslink._state_dir(environ), want)
+
+    def test_journal_files_are_0600_in_a_0700_directory_and_never_hold_the_api_key(self) -> None:
+        with FakeFilesLink() as fake:          # the fake's real part URLs, as initiate gives them
+            meta = {"fileMetadata": {"name": "big.bin", "size": 3 * MiB,
+                                     "mimeType": "application/octet-stream"}}
+            status, _, body = _http(
+                fake.base_url + "/v1/files/multipart/%s/initiate" % fake.folder_id, "POST",
+                json.dumps(meta).encode(), {"Authorization": fake.api_key,
+                                            "Content-Type": "application/json"})
+        self.assertEqual(status, 200)
+        data = json.loads(body)["data"]
+        urls = [p["url"] for p in data["parts"]]
+        journal = self.open()
+        record = self.record(urls)
+        journal.create(record)
+        journal.add_part(1, '"etag-1"')
+        self.assertEqual(_mode_of(self.state), 0o700)
+        self.assertEqual({name: _mode_of(os.path.join(self.state, name)) for name in self.files()},
+                         {journal.name + suffix: 0o600 for suffix in (".json", ".lock", ".parts")})
+        for name in self.files():
+            with open(os.path.join(self.state, name), "rb") as f:
+                self.assertNotIn(fake.api_key.encode(), f.read(), name)
+        signed = calendar.timegm(time.strptime(_query_of(urls[0])["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+        self.assertEqual(journal.load()["parts"][0]["expires"], signed + fake.url_ttl)
+        with self.assertRaises(ValueError):    # a record with anything more is refused
+            journal.create(dict(record, api_key=fake.api_key))
+        self.assertEqual(journal.load()["etags"], {1: '"etag-1"'})
+
+    def test_a_crash_between_write_and_rename_leaves_the_old_record_whole(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        journal.add_part(1, '"a"')
+        old = journal.load()
+        journal.close()
+        child = self.child("crash-before-rename",
+                           json.dumps(self.record(upload_id="up-2")).encode())
+        self.assertEqual(child.returncode, 9, child.stderr)
+        self.assertTrue(any(name.endswith(".tmp") for name in self.files()), self.files())
+        again = self.open()
+        self.assertEqual(again.load(), old)
+        self.assertFalse([name for name in self.files() if name.endswith(".tmp")])
+
+    def test_a_torn_part_record_counts_as_not_stored_and_the_next_one_survives(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        journal.add_part(1, '"a"')
+        journal.close()
+        with open(os.path.join(self.state, journal.name + ".parts"), "ab") as f:
+            f.write(b'{"n": 2, "etag": "\\"b')    # kill -9 in the middle of an append
+        again = self.open()
+        self.assertEqual(again.load()["etags"], {1: '"a"'})
+        again.add_part(3, '"c"')
+        self.assertEqual(again.load()["etags"], {1: '"a"', 3: '"c"'})
+
+    def test_a_corrupt_journal_reads_as_absent_and_says_so_at_debug_level(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        with open(os.path.join(self.state, journal.name + ".json"), "wb") as f:
+            f.write(b'{"version": 1, "parts": [')
+        with self.assertLogs("fileslink", "DEBUG") as logs:
+            self.assertIsNone(journal.load())
+        self.assertIn("ignoring the journal", logs.output[0])
+        self.assertEqual(fileslink._Journal.entries(self.state), [])
+        journal.create(self.record())          # and a fresh upload simply replaces it
+        self.assertEqual(journal.load()["upload_id"], "up-1")
+
+    def test_a_second_process_is_refused_while_the_first_holds_the_journal(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        refused = self.child("lock")
+        self.assertEqual(refused.returncode, 3, refused.stderr)
+        self.assertIn("%s is being uploaded by another fileslink process (pid %d)"
+                      % (self.path, os.getpid()), refused.stdout)
+        journal.close()
+        granted = self.child("lock")
+        self.assertEqual((granted.returncode, granted.stdout), (0, "locked\n"), granted.stderr)
+        journal = self.open()
+        journal.remove()                       # the lock file goes too, unlinked under the lock
+        journal.close()
+        self.assertEqual(self.files(), [])
+        self.open().close()                    # and a new one is made for the next upload
+
+    def test_open_refuses_a_state_directory_it_cannot_write(self) -> None:
+        plain = self.write("plain-file", b"x")
+        for label, state in (("its parent is a regular file", os.path.join(plain, "state")),
+                             ("it is a regular file", plain)):
+            with self.subTest(label):
+                with self.assertRaises(fileslink.ConfigError) as cm:
+                    fileslink._Journal.open(state, self.base_url, self.folder, self.path)
+                self.assertIn(state, str(cm.exception))
+                self.assertIn("FILESLINK_STATE_DIR", str(cm.exception))
+        with open(plain, "rb") as f:
+            self.assertEqual(f.read(), b"x")
+
+    def test_url_expiry_reads_amz_and_goog_lifetimes(self) -> None:
+        rows = [("amz", _signed_url(1, self.now, 900), self.now + 900),
+                ("goog", _signed_url(1, self.now, 604800, "Goog"), self.now + 604800),
+                ("names in lower case", _signed_url(1, self.now, 60).replace("X-Amz-", "x-amz-"),
+                 self.now + 60),
+                ("no lifetime", "https://storage.example/b/k?partNumber=1&sig=abc", None),
+                ("a date without a lifetime", _signed_url(1, self.now, 1).replace(
+                    "X-Amz-Expires", "X-Other"), None),
+                ("a 13th month", "https://s.example/k?X-Amz-Date=20241301T000000Z"
+                                 "&X-Amz-Expires=900", None),
+                ("a lifetime that is not a number", _signed_url(1, self.now, 900).replace(
+                    "Expires=900", "Expires=soon"), None)]
+        for label, url, want in rows:
+            with self.subTest(label):
+                self.assertEqual(fileslink._url_expiry(url), want)
+
+    def test_source_identity_sees_a_rewritten_end_but_not_a_read(self) -> None:
+        before = fileslink._source_identity(self.path)
+        with open(self.path, "rb") as f:
+            f.read()
+        self.assertEqual(fileslink._source_identity(self.path), before)
+        st = os.stat(self.path)
+        with open(self.path, "r+b") as f:       # same size, new last byte, mtime put back
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+            f.seek(-1, os.SEEK_END)
+            f.write(bytes([last[0] ^ 0xFF]))
+        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+        after = fileslink._source_identity(self.path)
+        self.assertEqual({k: after[k] for k in ("size", "mtime_ns", "inode")},
+                         {k: before[k] for k in ("size", "mtime_ns", "inode")})
+        self.assertNotEqual(after["digest"], before["digest"])
+        small = self.write("small.txt", b"hello world")
+        first = fileslink._source_identity(small)["digest"]
+        self.write("small.txt", b"hello World")
+        self.assertNotEqual(fileslink._source_identity(small)["digest"], first)
+
+    def test_resume_check_says_why_a_journal_cannot_be_resumed(self) -> None:
+        now = self.now
+        record = dict(self.record(), etags={})
+        same = fileslink._source_identity(self.path)
+
+        def changed(**kw: Any) -> Dict[str, Any]:
+            return dict(same, **kw)
+
+        def parts(*lifetimes: int) -> Dict[str, Any]:
+            return dict(self.record([_signed_url(n, now, t) for n, t in enumerate(lifetimes, 1)]),
+                        etags={})
+
+        rows: List[Tuple[str, Dict[str, Any], str, str, Dict[str, Any], float, Optional[str]]] = [
+            ("the same upload", record, self.base_url, self.folder, same, now, None),
+            ("another API", record, "https://other.example", self.folder, same, now,
+             "started against https://api.example, not https://other.example"),
+            ("another folder", record, self.base_url, "folder-2", same, now,
+             "in folder folder-1, not folder-2"),
+            ("a new size", record, self.base_url, self.folder, changed(size=5), now,
+             "size 3145728 -> 5"),
+            ("another inode", record, self.base_url, self.folder, changed(inode=1), now,
+             "replaced"),
+            ("a new mtime", record, self.base_url, self.folder, changed(mtime_ns=1), now,
+             "modified"),
+            ("other bytes", record, self.base_url, self.folder, changed(digest="0" * 64), now,
+             "its start or end differs"),
+            ("expired", record, self.base_url, self.folder, same, now + 3700,
+             "the URLs of its 3 parts left expired 100 s ago"),
+            ("expiring within the margin", record, self.base_url, self.folder, same, now + 3570,
+             "the URLs of its 3 parts left expire in 30 s"),
+            ("only stored parts expired", dict(parts(60, 60, 7200), etags={1: "a", 2: "b"}),
+             self.base_url, self.folder, same, now + 600, None),
+            ("every part stored", dict(record, etags={1: "a", 2: "b", 3: "c"}), self.base_url,
+             self.folder, same, now + 86400, None),
+            ("URLs that carry no lifetime", dict(self.record(["https://s.example/1"]), etags={}),
+             self.base_url, self.folder, same, now + 86400, None),
+        ]
+        for label, rec, base_url, folder, identity, at, reason in rows:
+            with self.subTest(label):
+                got = fileslink._resume_check(rec, base_url, folder, identity, at)
+                if reason is None:
+                    self.assertIsNone(got)
+                else:
+                    self.assertIn(reason, got or "")
+
+    def test_pending_lists_every_journal_and_claim_locks_one_to_remove_it(self) -> None:
+        other = self.write("other.bin", b"other")
+        first, second = self.open(), self.open(other)
+        first.create(self.record([_signed_url(n, self.now, 60 * n) for n in (1, 2, 3)]))
+        first.add_part(1, '"a"')
+        first.add_part(2, '"b"')
+        second.create(self.record(path=other, file_id="file-2", upload_id="up-2"))
+        pending = sorted(map(fileslink._pending, fileslink._Journal.entries(self.state)),
+                         key=lambda p: p.id)
+        self.assertEqual(pending[0], fileslink.PendingUpload(
+            "file-1", "big.bin", 3 * MiB, 2, 3, self.now + 180, self.folder, self.path))
+        self.assertEqual((pending[1].id, pending[1].parts_done, pending[1].path),
+                         ("file-2", 0, other))
+        with self.assertRaises(AttributeError):
+            pending[0].parts_done = 3
+        self.assertEqual(pending[0].to_dict()["partsDone"], 2)
+        with self.assertRaises(fileslink.ConfigError):   # `first` is still uploading it
+            fileslink._Journal.claim(self.state, "file-1")
+        first.close()
+        claimed = fileslink._Journal.claim(self.state, "file-1")
+        assert claimed is not None
+        claimed.remove()
+        claimed.close()
+        self.assertEqual([r["file_id"] for r in fileslink._Journal.entries(self.state)],
+                         ["file-2"])
+        self.assertEqual([n for n in self.files() if n.startswith(claimed.name)], [])
+        self.assertIsNone(fileslink._Journal.claim(self.state, "file-1"))
+        self.assertEqual(fileslink._Journal.entries(os.path.join(self.tmp, "nowhere")), [])
+
+    def test_parts_recorded_from_many_threads_on_a_10000_part_journal_all_read_back(self) -> None:
+        # 400 parts, not 10,000: each add_part waits for an fsync (~0.3 ms here).
+        urls = [_signed_url(n, self.now, 3600) for n in range(1, 10001)]
+        journal = self.open()
+        journal.create(self.record(urls))
+        etags = {n: '"%032x"' % n for n in range(1, 10001, 25)}
+        numbers = sorted(etags)
+
+        def record_parts(share: List[int]) -> None:
+            for n in share:
+                journal.add_part(n, etags[n])
+
+        threads = [threading.Thread(target=record_parts, args=(numbers[k::8],)) for k in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        loaded = journal.load()
+        self.assertEqual(loaded["etags"], etags)
+        self.assertEqual(fileslink._pending(loaded).parts_done, 400)
+        with open(os.path.join(self.state, journal.name + ".parts"), "rb") as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 401)      # the header, then one whole line per part
+        self.assertTrue(all(json.loads(line) for line in lines))
+
+
+
+
+class TestResume(ResumeCase):
+    """kill -9, Ctrl-C, changed sources, two processes, pending and abort."""
+
+    def test_kill_9_then_a_rerun_sends_only_the_parts_not_journaled(self) -> None:
+        path, data = self.make_file("big.bin", 8 * MiB, seed=81)
+        child = self.child_stalled_after(path, 3)
+        child.kill()
+        child.communicate(timeout=10)
+        journaled, first_puts = self.journal_parts(), len(self.puts())
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["open"])
+        mark = len(self.fake.log)
+        rerun = self.child_upload(path)
+        out, err = rerun.communicate(timeout=30)
+        self.assertEqual(rerun.returncode, 0, out + err)
+        self.assertEqual(journaled, 3)
+        self.assertEqual(len(self.puts(mark)), 8 - journaled)
+        self.assertEqual(len(self.fake.api_calls("complete")), 1)
+        self.assertEqual(len(self.fake.api_calls("initiate")), 1)
+        self.assertEqual(self.fake.files[out.strip()].data, data)
+        self.assertEqual(os.listdir(self.state), [])  # the journal went with the upload
+        print("\nresume after kill -9: run 1 sent %d part PUTs, %d journaled; run 2 sent %d; "
+              "%d of 8 MiB not sent again" % (first_puts, journaled, 8 - journaled, journaled)
+              if "-v" in sys.argv else "", end="")
+
+    def test_ctrl_c_with_resume_keeps_the_upload_and_a_rerun_completes_it(self) -> None:
+        path, data = self.make_file("big.bin", 8 * MiB, seed=82)
+        child = self.child_stalled_after(path, 2)
+        child.send_signal(signal.SIGINT)
+        out, err = child.communicate(timeout=10)
+        self.assertEqual(self.fake.api_calls("abort"), [])
+        self.assertEqual(len(self.client().pending()), 1, out + err)
+        (pending,) = self.client().pending()
+        self.assertEqual((pending.name, pending.size, pending.parts_total), ("big.bin", 8 * MiB, 8))
+        self.assertGreaterEqual(pending.parts_done, 2)
+        rerun = self.child_upload(path)
+        out, err = rerun.communicate(timeout=30)
+        self.assertEqual(rerun.returncode, 0, out + err)
+        self.assertEqual(self.fake.files[out.strip()].data, data)
+        self.assertEqual(self.client().pending(), [])
+
+    def test_a_changed_source_or_dead_urls_start_afresh_and_abort_the_old(self) -> None:
+        for label, spoil in (("modified", "modify"), ("expired", "expire")):
+            with self.subTest(label):
+                path, _ = self.make_file("big-%s.bin" % label, 8 * MiB, seed=83)
+                child = self.child_stalled_after(path, 2)
+                child.kill()
+                child.communicate(timeout=10)
+                if spoil == "modify":
+                    data = pseudo_random_bytes(8 * MiB, seed=84)
+                    with open(path, "wb") as f:
+                        f.write(data)
+                else:
+                    with open(path, "rb") as f:
+                        data = f.read()
+                    self.fake.advance_clock(self.fake.url_ttl + 60)
+                rerun = self.child_upload(path)
+                out, err = rerun.communicate(timeout=30)
+                self.assertEqual(rerun.returncode, 0, out + err)
+                self.assertEqual(self.fake.files[out.strip()].data, data)
+                ups = [u for u in self.fake.multipart.values()
+                       if self.fake.files[u.file_id].name == os.path.basename(path)]
+                self.assertEqual(sorted(u.state for u in ups), ["aborted", "completed"])
+                self.assertIn("not resumed", err)
+
+    def test_a_second_process_on_the_same_upload_is_refused(self) -> None:
+        path, data = self.make_file("big.bin", 8 * MiB, seed=85)
+        first = self.child_stalled_after(path, 1)
+        second = self.child_upload(path)
+        out, err = second.communicate(timeout=30)
+        self.assertEqual(second.returncode, 1, out + err)
+        self.assertIn("being uploaded by another fileslink process", out)
+        first.kill()  # held mid-upload by the fake: it never got past the lock either way
+        first.communicate(timeout=10)
+        self.assertEqual(len(self.fake.api_calls("initiate")), 1)
+        self.assertEqual(self.journal_parts(), 1)  # the second touched nothing of the first's
+
+    def test_resume_without_a_writable_state_dir_fails_before_any_call(self) -> None:
+        blocker, _ = self.make_file("a-file", 1)
+        os.environ["FILESLINK_STATE_DIR"] = os.path.join(blocker, "state")
+        path, _ = self.make_file("big.bin", 2 * MiB)
+        with self.assertRaises(fileslink.ConfigError) as caught:
+            self.client(multipart_threshold=MiB).upload(path, self.fake.folder_id, resume=True)
+        self.assertIn("FILESLINK_STATE_DIR", str(caught.exception))
+        self.assertEqual(self.fake.log, [])
+
+    def test_abort_pending_aborts_at_the_service_and_drops_the_journal(self) -> None:
+        path, _ = self.make_file("big.bin", 8 * MiB, seed=86)
+        child = self.child_stalled_after(path, 1)
+        child.kill()
+        child.communicate(timeout=10)
+        (pending,) = self.client().pending()
+        self.assertEqual(self.client().abort_pending(), [pending.id])
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+        self.assertEqual(self.client().pending(), [])
+        self.assertEqual(os.listdir(self.state), [])
+
+
+class TestResumeEdges(SmallPartsResumeCase):
+    """Resume where a hostile user pushed it."""
+
+    def test_a_resumed_upload_whose_parts_are_all_stored_is_completed(self) -> None:
+        # The network died at `complete`: every part is journaled, none is left to send.
+        path, data = self.make_file("big.bin", 300 * 1024, seed=90)
+        self.fake.inject("api", status=500, times=3, path_contains="complete")
+        with self.assertRaises(fileslink.APIError):
+            self.big_client().upload(path, self.fake.folder_id, resume=True)
+        (pending,) = self.big_client().pending()
+        self.assertEqual((pending.parts_done, pending.parts_total), (5, 5))
+        mark = len(self.fake.log)
+        result = self.big_client().upload(path, self.fake.folder_id, resume=True)
+        self.assertEqual(self.fake.files[result.id].data, data)
+        self.assertEqual([r for r in self.fake.log[mark:] if r.plane == "storage"], [])
+        self.assertEqual(self.big_client().pending(), [])
+
+    def test_a_source_gone_before_its_initiate_leaves_no_orphan_and_spares_the_rest(self) -> None:
+        a, _ = self.make_file("a.bin", 640 * 1024, seed=91)
+        b, _ = self.make_file("b.bin", 300 * 1024, seed=92)
+        c, _ = self.make_file("c.txt", 1000, seed=93)
+        removed: List[bool] = []
+
+        def progress(name: str, sent: int, total: int) -> None:
+            if name == "a.bin" and not removed:   # b.bin is open, waiting its turn
+                removed.append(True)
+                os.unlink(b)                      # a cleanup job removes it meanwhile
+
+        with self.assertRaises(fileslink.UploadManyError) as caught:
+            self.big_client(max_workers=2).upload_many([a, b, c], self.fake.folder_id,
+                                                       resume=True, progress=progress)
+        self.assertEqual([name for _, name, _ in caught.exception.failures], ["b.bin"])
+        states = {self.fake.files[u.file_id].name: u.state for u in self.fake.multipart.values()}
+        self.assertEqual(states.get("a.bin"), "completed")
+        self.assertIn(states.get("b.bin", "never initiated"), ("aborted", "never initiated"))
+
+    def test_a_source_rewritten_before_its_initiate_is_never_resumed_into_a_mix(self) -> None:
+        a, _ = self.make_file("a.bin", 640 * 1024, seed=94)
+        b, _ = self.make_file("b.bin", 300 * 1024, seed=95)
+        new = pseudo_random_bytes(300 * 1024, seed=96)
+        steps: List[str] = []
+
+        def progress(name: str, sent: int, total: int) -> None:
+            if name == "a.bin" and not steps:     # b.bin is open, waiting its turn
+                steps.append("rewritten")
+                with open(b + ".new", "wb") as f:
+                    f.write(new)
+                os.replace(b + ".new", b)         # an export regenerated in place
+            elif name == "b.bin" and sent >= 128 * 1024 and steps == ["rewritten"]:
+                steps.append("interrupted")
+                raise KeyboardInterrupt           # Ctrl-C with b.bin half sent
+
+        # b.bin is refused (the path no longer names the file opened) or cut short.
+        with self.assertRaises((KeyboardInterrupt, fileslink.UploadManyError)):
+            self.big_client(max_workers=1).upload_many([a, b], self.fake.folder_id,
+                                                       resume=True, progress=progress)
+        result = self.big_client().upload(b, self.fake.folder_id, resume=True)
+        self.assertTrue(self.fake.files[result.id].data == new,
+                        "the object stored mixes the old file's parts with the new one's")
+
+    def test_one_path_under_two_names_uploads_both_with_resume_on(self) -> None:
+        path, data = self.make_file("big.bin", 640 * 1024, seed=101)
+        self.fake.inject("storage", delay=0.2, times=4)   # the first is still sending
+        results = self.big_client().upload_many([("latest.bin", path), ("v1.bin", path)],
+                                                self.fake.folder_id, resume=True)
+        self.assertEqual([r.name for r in results], ["latest.bin", "v1.bin"])
+        for result in results:
+            self.assertEqual(self.fake.files[result.id].data, data)
+
+    def test_progress_of_a_resumed_upload_ends_at_the_size(self) -> None:
+        path, _ = self.make_file("big.bin", 640 * 1024, seed=102)
+
+        def stop(name: str, sent: int, total: int) -> None:
+            if sent >= 320 * 1024:
+                raise KeyboardInterrupt
+
+        with self.assertRaises(KeyboardInterrupt):
+            self.big_client(max_workers=1).upload(path, self.fake.folder_id, resume=True,
+                                                  progress=stop)
+        seen: List[Tuple[int, int]] = []
+        self.big_client().upload(path, self.fake.folder_id, resume=True,
+                                 progress=lambda name, sent, total: seen.append((sent, total)))
+        self.assertEqual(seen[-1], (640 * 1024, 640 * 1024))
 
 
 # ---------------------------------------------------------------------------
@@ -4967,456 +5680,63 @@ class TestTerminal(KeyInEnvCase):
         self.assertEqual(self.uploaded(), {})
 
 
-# ---------------------------------------------------------------------------
-# The environment: proxies, HTTPS and CAs, threads, logging, asyncio, vendoring
-# ---------------------------------------------------------------------------
+class TestSignals(FakeTestCase):
+    """The CLI in a child process, signalled mid-upload: it exits with the
+    conventional status (130 Ctrl-C, 143 SIGTERM) within 5 s (the target is
+    2 s; 5 s leaves room for a loaded machine), its multipart upload aborted."""
 
-class TestProxies(FakeTestCase):
+    fake_options = {"min_part_size": MiB, "part_size": MiB}
 
-    def setUp(self) -> None:
-        super().setUp()
-        self.proxy = _Proxy()
-        self.addCleanup(self.proxy.stop)
+    def world_cli(self, *argv: str) -> "subprocess.Popen[bytes]":
+        proc = subprocess.Popen([sys.executable, "-c", _WORLD_CLI] + list(argv), cwd=_WORLD_REPO,
+                                env=self.child_env(FILESLINK_STATE_DIR=self.tmp, PYTHONPATH=_WORLD_REPO), stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
-    def upload(self) -> None:
-        data = pseudo_random_bytes(70000, seed=9)
-        client = self.client()
-        f = client.upload(data, self.fake.folder_id, name="p.bin")
-        client.close()
-        self.assertEqual(self.fake.files[f.id].data, data)
+        def reap() -> None:
+            if proc.poll() is None:
+                proc.kill()
+            proc.communicate()
 
-    def test_http_proxy_carries_api_and_storage_requests_in_absolute_form(self) -> None:
-        host = self.proxy.url.split("//")[1]
-        for name, value in (("HTTP_PROXY", self.proxy.url), ("http_proxy", self.proxy.url),
-                            ("http_proxy", host), ("HTTP_PROXY", "http://me:s%40cret@" + host)):
-            with self.subTest(name=name, value=value):
-                os.environ[name] = value
-                self.addCleanup(os.environ.pop, name, None)
-                del self.proxy.seen[:]
-                self.upload()
-                os.environ.pop(name)
-                targets = [(method, target) for method, target, _ in self.proxy.seen]
-                api = [t for t in targets if t[1].startswith(self.fake.base_url + "/v1/")]
-                storage = [t for t in targets if t[1].startswith(self.fake.storage_url + "/")]
-                self.assertEqual(len(api) + len(storage), len(targets), targets)
-                self.assertEqual([m for m, _ in api], ["POST", "POST"])      # presign, confirm
-                self.assertEqual([m for m, _ in storage], ["PUT"])
-                self.assertIn("X-Amz-Signature=", storage[0][1])
-                for _method, target, headers in self.proxy.seen:
-                    if target.startswith(self.fake.storage_url):
-                        self.assertNotIn("authorization", headers)
-                    if "@" in value:
-                        self.assertEqual(headers.get("proxy-authorization"),
-                                         "Basic bWU6c0BjcmV0")   # me:s@cret
-                    else:
-                        self.assertNotIn("proxy-authorization", headers)
-                # And the fake got them from the proxy, in origin form.
-                self.assertTrue(all(r.path.startswith("/") for r in self.fake.log))
+        self.addCleanup(reap)
+        return proc
 
-    def test_no_proxy_bypasses_the_proxy_for_the_hosts_it_names(self) -> None:
-        for name in ("NO_PROXY", "no_proxy"):
-            with self.subTest(name=name):
-                os.environ.update({"HTTP_PROXY": self.proxy.url, name: "localhost,127.0.0.1"})
-                self.addCleanup(os.environ.pop, name, None)
-                self.upload()
-                os.environ.pop(name)
-                self.assertEqual(self.proxy.seen, [])
-
-    def test_https_proxy_is_not_used_for_plain_http(self) -> None:
-        os.environ["HTTPS_PROXY"] = self.proxy.url
-        self.upload()
-        self.assertEqual(self.proxy.seen, [])
-
-
-class TestHttps(FakeTestCase):
-    """HTTPS in front of the fake (a TLS relay per plane) with a certificate
-    from a CA made for the test."""
-
-    certs = ""
-
-    @classmethod
-    def setUpClass(cls) -> None:
-        super().setUpClass()
-        if shutil.which("openssl") is None:
-            raise unittest.SkipTest("no openssl command to make a test certificate")
-        cls.certs = tempfile.mkdtemp(prefix="fileslink-ca-")
+    def world_exit_status(self, proc: "subprocess.Popen[bytes]", what: str) -> Tuple[int, bytes]:
         try:
-            cls._make_certificates(cls.certs)
-        except (OSError, subprocess.SubprocessError) as exc:
-            shutil.rmtree(cls.certs, True)
-            raise unittest.SkipTest("openssl could not make a test certificate: %s" % exc) from None
+            out, _ = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            self.fail("the CLI was still running 5 s after %s" % what)
+        return proc.returncode, out
 
-    @classmethod
-    def tearDownClass(cls) -> None:
-        shutil.rmtree(cls.certs, True)
-        super().tearDownClass()
+    def test_ctrl_c_with_workers_stuck_in_connect_exits_130_within_seconds_and_aborts(self) -> None:
+        if not sys.platform.startswith("linux"):
+            self.skipTest("needs Linux: a full accept queue and /proc/net/tcp")
+        path, _ = self.make_file("big.bin", 4 * MiB, seed=31)
+        port = urlsplit(self.fake.black_hole()).port
+        proc = self.world_cli("upload", path, "--threshold", "1M", "--workers", "4")
+        # The kernel raises no event for a SYN sent: poll its table, bounded.
+        deadline = time.monotonic() + 10
+        while _world_syn_sent(port) == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertGreater(_world_syn_sent(port), 0, "no worker reached connect()")
+        proc.send_signal(signal.SIGINT)
+        code, out = self.world_exit_status(proc, "SIGINT")
+        self.assertEqual((code, out), (130, b""))
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
 
-    @staticmethod
-    def _make_certificates(d: str) -> None:
-        """ca.pem (a CA), server.pem + server.key (for IP 127.0.0.1, signed by
-        the CA), with the extensions that 3.13's VERIFY_X509_STRICT wants."""
-        def write(name: str, text: str) -> str:
-            path = os.path.join(d, name)
-            with open(path, "w") as f:
-                f.write(text)
-            return path
-
-        ca_cnf = write("ca.cnf", "[req]\ndistinguished_name = dn\nprompt = no\n"
-                       "x509_extensions = ext\n[dn]\nCN = fileslink test CA\n[ext]\n"
-                       "basicConstraints = critical, CA:TRUE\n"
-                       "keyUsage = critical, keyCertSign, cRLSign\n"
-                       "subjectKeyIdentifier = hash\n")
-        leaf_cnf = write("leaf.cnf", "[req]\ndistinguished_name = dn\nprompt = no\n"
-                         "[dn]\nCN = 127.0.0.1\n[ext]\nbasicConstraints = critical, CA:FALSE\n"
-                         "keyUsage = critical, digitalSignature, keyEncipherment\n"
-                         "extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1\n"
-                         "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n")
-        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        for cmd in (["req", "-x509", "-new", "-config", ca_cnf] + key
-                    + ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"],
-                    ["req", "-new", "-config", leaf_cnf] + key
-                    + ["-keyout", "server.key", "-out", "server.csr"],
-                    ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                     "-set_serial", "4660", "-days", "2", "-extfile", leaf_cnf, "-extensions",
-                     "ext", "-out", "server.pem"]):
-            subprocess.run(["openssl"] + cmd, cwd=d, check=True, timeout=30,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-    def setUp(self) -> None:
-        super().setUp()
-        self.ca = os.path.join(self.certs, "ca.pem")
-        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server.load_cert_chain(os.path.join(self.certs, "server.pem"),
-                               os.path.join(self.certs, "server.key"))
-        api_port = int(self.fake.base_url.rsplit(":", 1)[1])
-        storage_port = int(self.fake.storage_url.rsplit(":", 1)[1])
-        self.api = _TlsRelay(server, api_port)
-        self.addCleanup(self.api.stop)
-        self.storage = _TlsRelay(server, storage_port)
-        self.addCleanup(self.storage.stop)
-        self.base_url = "https://127.0.0.1:%d" % self.api.port
-        self.fake.storage_url = "https://127.0.0.1:%d" % self.storage.port  # presigned URLs
-        self.data = pseudo_random_bytes(50000, seed=11)
-
-    def trusting(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cafile=self.ca)
-
-    def test_default_context_refuses_the_server_with_a_certificate_error(self) -> None:
-        client = self.client(base_url=self.base_url)
-        with self.assertRaises(fileslink.FilesLinkError) as caught:
-            client.upload(self.data, self.fake.folder_id, name="x.bin")
-        self.assertIn("certificate", str(caught.exception).lower())
-        self.assertEqual(self.fake.log, [])
-
-    def test_certificate_error_is_not_retried(self) -> None:
-        # A certificate the client refuses will be refused again: retrying only
-        # delays the message (several seconds with the default Retry).
-        client = self.client(base_url=self.base_url,
-                             retry=fileslink.Retry(attempts=4, backoff=0.01, max_backoff=0.01))
-        with self.assertRaises(fileslink.FilesLinkError):
-            client.list_files(self.fake.folder_id)
-        self.assertEqual(self.api.handshakes, 1)
-
-    def test_client_with_a_context_trusting_the_ca_uploads(self) -> None:
-        client = self.client(base_url=self.base_url, ssl_context=self.trusting(),
-                             multipart_threshold=6 * MiB)
-        small = client.upload(self.data, self.fake.folder_id, name="s.bin")
-        big_data = pseudo_random_bytes(7 * MiB, seed=12)
-        big = client.upload(big_data, self.fake.folder_id, name="b.bin")
-        self.assertEqual(self.fake.files[small.id].data, self.data)
-        self.assertEqual(self.fake.files[big.id].data, big_data)
-        self.assertTrue(big.multipart)
-        self.assertEqual(self.api.refused + self.storage.refused, 0)
-        self.assertGreater(self.storage.handshakes, 0)   # the bytes went through TLS too
-
-    def test_plain_http_presigned_url_is_refused_under_an_https_base(self) -> None:
-        # Even to loopback: the base is https, so file bytes go encrypted or
-        # not at all (https presigned URLs are taken: the test above). The URL
-        # points at a listener nothing may reach.
-        port, was_connected = self.listener()
-        url = "http://127.0.0.1:%d/bucket/key?X-Amz-Signature=abc" % port
-        self.fake.inject("api", status=200, path_contains=self.presign_path(), body={
-            "success": True, "urls": [{"id": "file-1", "url": url, "s3Key": "k/file-1"}]})
-        client = self.client(base_url=self.base_url, ssl_context=self.trusting())
-        with self.assertRaises(fileslink.ProtocolError) as cm:
-            client.upload(self.data, self.fake.folder_id, name="x.bin")
-        self.assertIn("unencrypted", str(cm.exception))
-        self.assertNotIn("abc", str(cm.exception))
-        self.assertFalse(was_connected())
-        self.assertEqual(self.storage.handshakes, 0)
-        self.assertEqual([r.path for r in self.fake.log], [self.presign_path()])
-
-    def test_cli_ca_bundle_adds_the_ca_to_the_trust_store(self) -> None:
-        os.environ.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.base_url)
-        path = os.path.join(self.tmp, "c.bin")
-        with open(path, "wb") as f:
-            f.write(self.data)
-        code, out, err = self.cli("upload", path, "--quiet", "--ca-bundle", self.ca, "--json",
-                                  "--folder", self.fake.folder_id)
-        self.assertEqual(code, 0, err)
-        (record,) = self.json_lines(out)
-        self.assertEqual(self.fake.files[record["id"]].data, self.data)
-
-    def test_ssl_cert_file_in_the_environment_is_honoured(self) -> None:
-        code = ("import sys, fileslink; c = fileslink.Client(api_key=sys.argv[1], "
-                "base_url=sys.argv[2]); print(c.upload(sys.argv[3].encode(), sys.argv[4], "
-                "name='e.txt').id)")
-        child = self.run_child("-c", code, self.fake.api_key, self.base_url, "via SSL_CERT_FILE",
-                               self.fake.folder_id, env=self.child_env(SSL_CERT_FILE=self.ca))
-        self.assertEqual(child.returncode, 0, child.stderr)
-        file_id = child.stdout.decode().strip()
-        self.assertEqual(self.fake.files[file_id].data, b"via SSL_CERT_FILE")
-
-    def test_https_goes_through_a_connect_proxy_as_an_opaque_tunnel(self) -> None:
-        proxy = _Proxy()
-        self.addCleanup(proxy.stop)
-        os.environ["HTTPS_PROXY"] = proxy.url
-        client = self.client(base_url=self.base_url, ssl_context=self.trusting())
-        f = client.upload(self.data, self.fake.folder_id, name="t.bin")
-        client.close()
-        self.assertEqual(self.fake.files[f.id].data, self.data)
-        self.assertEqual({(m, t) for m, t, _ in proxy.seen},
-                         {("CONNECT", "127.0.0.1:%d" % self.api.port),
-                          ("CONNECT", "127.0.0.1:%d" % self.storage.port)})
-        for _, _, headers in proxy.seen:
-            self.assertNotIn("authorization", headers)
+    def test_sigterm_during_a_multipart_upload_aborts_it_and_exits_143(self) -> None:
+        path, _ = self.make_file("big.bin", 4 * MiB, seed=32)
+        self.fake.inject("storage", delay=30, times=100)     # parts hang until the signal
+        proc = self.world_cli("upload", path, "--threshold", "1M", "--workers", "4")
+        self.assertTrue(self.fake.wait_for(lambda: bool(self.fake.storage_calls()), 10),
+                        "no part reached storage")
+        proc.send_signal(signal.SIGTERM)
+        code, out = self.world_exit_status(proc, "SIGTERM")
+        self.assertEqual((code, out), (143, b""))
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
 
 
-class TestLibraryInAProgram(FakeTestCase):
 
-    def test_one_client_shared_by_four_threads_uploads_every_file_intact(self) -> None:
-        client = self.client(max_workers=4)
-        start = threading.Barrier(4)
-        errors: List[BaseException] = []
-        sent: Dict[str, bytes] = {}
-
-        def work(t: int) -> None:
-            try:
-                start.wait(5)
-                for i in range(5):
-                    name, data = "t%d-%d.bin" % (t, i), pseudo_random_bytes(20000 + 1000 * i, t * 10 + i)
-                    sent[name] = data
-                    if i % 2:
-                        path = os.path.join(self.tmp, name)
-                        with open(path, "wb") as f:
-                            f.write(data)
-                        client.upload(path, self.fake.folder_id)
-                    else:
-                        client.upload(data, self.fake.folder_id, name=name)
-            except BaseException as exc:   # reported below, in the test's thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        self.assertEqual(errors, [])
-        got = {f.name: f.data for f in self.fake.files.values() if f.uploaded}
-        self.assertEqual(len(got), 20)
-        self.assertEqual(got, sent)
-
-    def test_library_adds_no_handler_and_prints_nothing(self) -> None:
-        logger = logging.getLogger("fileslink")
-        root_handlers = list(logging.getLogger().handlers)
-        self.fake.inject("storage", status=503, headers={"Retry-After": "0"})  # logs a retry
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            client = self.client(multipart_threshold=6 * MiB)
-            client.upload(b"x" * 1000, self.fake.folder_id, name="a.txt")
-            client.upload(pseudo_random_bytes(7 * MiB), self.fake.folder_id, name="b.bin")
-            client.upload_many([("c.txt", b"c"), ("d.txt", b"d")], self.fake.folder_id)
-            with self.assertRaises(fileslink.UploadManyError):   # failures are raised, not printed
-                client.upload_many([os.path.join(self.tmp, "missing")], self.fake.folder_id)
-        self.assertEqual((out.getvalue(), err.getvalue()), ("", ""))
-        self.assertEqual(logger.handlers, [])
-        self.assertEqual(logging.getLogger().handlers, root_handlers)
-
-    def test_debug_log_shows_each_call_with_the_key_redacted(self) -> None:
-        self.fake.inject("api", status=503, headers={"Retry-After": "0"},
-                         body={"success": False, "message": "busy; key=%s" % self.fake.api_key})
-        with self.assertLogs("fileslink", logging.DEBUG) as logs:
-            self.client().upload(b"hello", self.fake.folder_id, name="h.txt")
-        text = "\n".join(logs.output)
-        self.assertNotIn(self.fake.api_key, text)
-        self.assertRegex(text, r"POST /v1/files/%s: .*503.*; try 2 of 3 in \d" % self.fake.folder_id)
-        self.assertRegex(text, r"POST /v1/files/%s -> 200 \(try 2" % self.fake.folder_id)
-        self.assertRegex(text, r"PUT h\.txt to http://127\.0\.0\.1:\d+/\S+\?\.\.\. -> 200 \(try 1")
-        self.assertRegex(text, r"POST /v1/files/confirm-upload -> 200 \(try 1")
-        self.assertNotIn("X-Amz-Signature", text)
-
-    def test_a_rejected_key_leaves_no_file_open(self) -> None:
-        paths = [self.make_file("k%d.txt" % i, 2048)[0] for i in range(3)]
-        client = self.client(api_key="fl_wrong_key")
-        multipart = self.client(api_key="fl_wrong_key", multipart_threshold=1024)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", ResourceWarning)
-            for call in (lambda: client.upload_many(paths, self.fake.folder_id),      # presign
-                         lambda: multipart.upload_many(paths, self.fake.folder_id),   # initiate
-                         lambda: client.upload(paths[0], self.fake.folder_id)):
-                try:
-                    call()
-                except fileslink.AuthError:
-                    pass
-            gc.collect()
-        self.assertEqual([str(w.message) for w in caught
-                          if issubclass(w.category, ResourceWarning)], [])
-
-    def test_upload_can_be_awaited_from_asyncio_in_a_thread(self) -> None:
-        client = self.client()
-        paths = [self.make_file("as%d.bin" % i, 30000, seed=i)[0] for i in range(2)]
-
-        async def both() -> List[Any]:
-            if hasattr(asyncio, "to_thread"):
-                return list(await asyncio.gather(*[
-                    asyncio.to_thread(client.upload, p, self.fake.folder_id) for p in paths]))
-            from concurrent.futures import ThreadPoolExecutor   # 3.8: no to_thread
-            loop = asyncio.get_running_loop()
-            with ThreadPoolExecutor(2) as pool:
-                return list(await asyncio.gather(*[
-                    loop.run_in_executor(pool, client.upload, p, self.fake.folder_id)
-                    for p in paths]))
-
-        results = asyncio.run(both())
-        self.assertEqual([r.name for r in results], ["as0.bin", "as1.bin"])
-        for r in results:
-            self.assertEqual(self.fake.files[r.id].data, pseudo_random_bytes(30000, seed=int(r.name[2])))
-
-
-class TestVendoring(FakeTestCase):
-
-    def test_fileslink_py_alone_runs_in_isolated_mode_without_site_packages(self) -> None:
-        source = os.path.abspath(fileslink.__file__)
-        vendor = os.path.join(self.tmp, "vendor")
-        os.mkdir(vendor)
-        shutil.copy(source, vendor)
-        code = "\n".join([
-            "import sys",
-            "sys.path.insert(0, sys.argv[1])",
-            "import fileslink, os",
-            "assert os.path.dirname(fileslink.__file__) == sys.argv[1], fileslink.__file__",
-            "assert sys.flags.isolated and sys.flags.no_site",
-            "c = fileslink.Client(api_key=sys.argv[2], base_url=sys.argv[3])",
-            "print(c.upload(b'vendored bytes', sys.argv[4], name='v.txt').id)",
-            "print(sorted(m for m, mod in sys.modules.items()",
-            "             if 'site-packages' in (getattr(mod, '__file__', None) or '')))",
-        ])
-        child = self.run_child("-I", "-S", "-c", code, vendor, self.fake.api_key,
-                               self.fake.base_url, self.fake.folder_id, cwd=vendor)
-        self.assertEqual(child.returncode, 0, child.stderr)
-        file_id, third_party = child.stdout.decode().splitlines()
-        self.assertEqual(self.fake.files[file_id].data, b"vendored bytes")
-        self.assertEqual(third_party, "[]")
-
-    def test_the_licence_text_is_inside_the_file(self) -> None:
-        with open(fileslink.__file__, encoding="utf-8") as f:
-            head = f.read(4000)
-        self.assertIn("MIT License", head)
-        self.assertIn("Permission is hereby granted, free of charge", head)
-        self.assertIn('THE SOFTWARE IS PROVIDED "AS IS"', head)
-
-
-HERE = os.path.dirname(os.path.abspath(fileslink.__file__))
-
-
-# ---------------------------------------------------------------------------
-# README.md: every code block runs against the fake, so the docs cannot rot
-# ---------------------------------------------------------------------------
-
-_README_FENCE = re.compile(
-    r"(?:<!-- readme-test: (?P<marker>[^\n]*?) -->\n)?```(?P<lang>\w*)\n(?P<code>.*?)```",
-    re.DOTALL)
-
-
-def readme_blocks():
-    """(language, code, marker) for each fenced block of README.md."""
-    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
-        text = f.read()
-    return [(m.group("lang"), m.group("code"), m.group("marker") or "")
-            for m in _README_FENCE.finditer(text)]
-
-
-class TestReadme(FakeTestCase):
-    """The README's commands and code, as a new user would run them: in a
-    directory holding the files they name, with the fake's key and folder."""
-
-    def setUp(self):
-        super().setUp()
-        self.work = os.path.join(self.tmp, "work")
-        os.makedirs(os.path.join(self.work, "photos", "2024"))
-        samples = {"report.pdf": 12288, "notes.txt": 6, "photos/beach.jpg": 300000,
-                   "photos/2024/cat.png": 120000}
-        for i, (name, size) in enumerate(sorted(samples.items())):
-            with open(os.path.join(self.work, name), "wb") as f:
-                f.write(pseudo_random_bytes(size, i))
-        for name in ("fileslink.py", "test_fileslink.py"):
-            shutil.copy(os.path.join(HERE, name), self.work)
-        cafile = ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile
-        if cafile and os.path.isfile(cafile):
-            shutil.copy(cafile, os.path.join(self.work, "corp-ca.pem"))
-        # `fileslink` and `python` on PATH are this checkout and this interpreter.
-        bindir = os.path.join(self.tmp, "bin")
-        os.makedirs(bindir)
-        for command, target in (("fileslink", [sys.executable, os.path.join(HERE, "fileslink.py")]),
-                                ("python", [sys.executable])):
-            path = os.path.join(bindir, command)
-            with open(path, "w") as f:
-                f.write('#!/bin/sh\nexec %s "$@"\n' % " ".join("'%s'" % t for t in target))
-            os.chmod(path, 0o755)
-        self.file_id = self.client().upload(b"linked", self.fake.folder_id, name="x.txt").id
-        self.env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
-                        FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.fake.base_url,
-                        FILESLINK_FOLDER=self.fake.folder_id, PYTHONPATH="")
-
-    def _substitute(self, code):
-        for placeholder, value in (("your-api-key", self.fake.api_key),
-                                   ("PROJECT_ID", self.fake.project_id),
-                                   ("FOLDER_ID", self.fake.folder_id),
-                                   ("FILE_ID", self.file_id)):
-            code = code.replace(placeholder, value)
-        return code
-
-    def _run(self, argv, code, what):
-        done = subprocess.run(argv, input=code, cwd=self.work, env=self.env, timeout=60,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              universal_newlines=True)
-        self.assertEqual(done.returncode, 0, "%s failed:\n%s\n--- output ---\n%s"
-                         % (what, code, done.stdout))
-
-    def _runnable(self, marker):
-        if marker.startswith("skip"):
-            return False
-        if marker.startswith("python>=3.9") and sys.version_info < (3, 9):
-            return False
-        return True
-
-    def test_the_readme_has_code_to_check(self):
-        languages = [lang for lang, _, _ in readme_blocks()]
-        self.assertGreaterEqual(languages.count("python"), 5)
-        self.assertGreaterEqual(languages.count("console"), 5)
-
-    def test_every_python_block_runs(self):
-        for number, (lang, code, marker) in enumerate(readme_blocks(), 1):
-            if lang != "python" or not self._runnable(marker):
-                continue
-            if "corp-ca.pem" in code and not os.path.exists(os.path.join(self.work, "corp-ca.pem")):
-                continue  # no CA bundle on this machine to stand in for a corporate one
-            with self.subTest(block=number):
-                self._run([sys.executable, "-"], self._substitute(code), "README block %d" % number)
-
-    def test_every_console_command_runs(self):
-        for number, (lang, code, marker) in enumerate(readme_blocks(), 1):
-            if lang != "console" or not self._runnable(marker):
-                continue
-            commands = [line[2:] for line in code.splitlines() if line.startswith("$ ")]
-            script = "set -eu -o pipefail\n" + "\n".join(self._substitute(c) for c in commands)
-            if "corp-ca.pem" in script and not os.path.exists(os.path.join(self.work, "corp-ca.pem")):
-                continue
-            with self.subTest(block=number):
-                self._run(["bash"], script, "README block %d" % number)
-
-
-# ---------------------------------------------------------------------------
 # The command line as people use it: terminals, pipes, cron, re-runs, trees,
 # signals (issue 10 items 1-9; issue 9 items 4, 7, 10; issue 11's commands)
 # ---------------------------------------------------------------------------
@@ -6128,398 +6448,356 @@ class TestCliEncoding(CliCase):
 
 
 # ---------------------------------------------------------------------------
-# The journal of resumable uploads, on its own (no engine, no Client)
+# The environment: proxies, HTTPS and CAs, threads, logging, asyncio, vendoring
 # ---------------------------------------------------------------------------
 
-#: A second process for the journal tests: argv = repo, mode, state dir, path.
-_JOURNAL_CHILD = r"""
-import json, os, sys
-sys.path.insert(0, sys.argv[1])
-import fileslink
-mode, state, path = sys.argv[2:5]
-try:
-    journal = fileslink._Journal.open(state, "https://api.example", "folder-1", path)
-except fileslink.ConfigError as exc:
-    print(exc)
-    sys.exit(3)
-if mode == "crash-before-rename":
-    os.replace = lambda *args: os._exit(9)     # dies where a power cut could
-    journal.create(json.loads(sys.stdin.read()))
-print("locked")
-"""
-
-
-def _signed_url(number: int, signed_at: float, lifetime: int, vendor: str = "Amz") -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(signed_at))
-    return ("https://storage.example/bucket/big.bin?partNumber=%d&uploadId=up-1&X-%s-Date=%s"
-            "&X-%s-Expires=%d&X-%s-Signature=%s" % (number, vendor, stamp, vendor, lifetime,
-                                                     vendor, "ab" * 32))
-
-
-def _mode_of(path: str) -> int:
-    return os.stat(path).st_mode & 0o777
-
-
-def _query_of(url: str) -> Dict[str, str]:
-    return dict(parse_qsl(urlsplit(url).query))
-
-
-class TestJournal(unittest.TestCase):
-
-    base_url, folder = "https://api.example", "folder-1"
-
-    def setUp(self) -> None:
-        self.tmp = tempfile.mkdtemp(prefix="fileslink-journal-")
-        self.addCleanup(shutil.rmtree, self.tmp, True)
-        self.state = os.path.join(self.tmp, "state")
-        self.path = self.write("big.bin", pseudo_random_bytes(3 * MiB))
-        self.now = float(int(time.time()))
-
-    def write(self, name: str, data: bytes) -> str:
-        path = os.path.join(self.tmp, name)
-        with open(path, "wb") as f:
-            f.write(data)
-        return path
-
-    def open(self, path: Optional[str] = None) -> "fileslink._Journal":
-        journal = fileslink._Journal.open(self.state, self.base_url, self.folder, path or self.path)
-        self.addCleanup(journal.close)
-        return journal
-
-    def record(self, urls: Optional[List[str]] = None, path: Optional[str] = None,
-               file_id: str = "file-1", upload_id: str = "up-1") -> Dict[str, Any]:
-        if urls is None:
-            urls = [_signed_url(n, self.now, 3600) for n in (1, 2, 3)]
-        return fileslink._journal_record(
-            self.base_url, self.folder, fileslink._source_identity(path or self.path),
-            file_id=file_id, upload_id=upload_id, key="k/big.bin", bucket="bucket",
-            name="big.bin", mime_type="application/octet-stream", size=3 * MiB,
-            part_size=-(-3 * MiB // len(urls)), urls=urls, now=self.now)
-
-    def child(self, mode: str, stdin: bytes = b"") -> "subprocess.CompletedProcess[str]":
-        return subprocess.run([sys.executable, "-c", _JOURNAL_CHILD, HERE, mode, self.state,
-                               self.path], input=stdin.decode(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, universal_newlines=True, timeout=30)
-
-    def files(self) -> List[str]:
-        return sorted(os.listdir(self.state))
-
-    def test_state_dir_is_the_variable_else_the_user_cache_directory(self) -> None:
-        if os.name == "nt":
-            self.skipTest("the POSIX layout")
-        rows = [({"FILESLINK_STATE_DIR": "/s", "XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/s"),
-                ({"XDG_CACHE_HOME": "/x", "HOME": "/h"}, "/x/fileslink"),
-                ({"XDG_CACHE_HOME": "relative", "HOME": "/h"}, "/h/.cache/fileslink"),
-                ({"FILESLINK_STATE_DIR": "", "HOME": "/h"}, "/h/.cache/fileslink")]
-        for environ, want in rows:
-            with self.subTest(environ):
-                self.assertEqual(fileslink._state_dir(environ), want)
-
-    def test_journal_files_are_0600_in_a_0700_directory_and_never_hold_the_api_key(self) -> None:
-        with FakeFilesLink() as fake:          # the fake's real part URLs, as initiate gives them
-            meta = {"fileMetadata": {"name": "big.bin", "size": 3 * MiB,
-                                     "mimeType": "application/octet-stream"}}
-            status, _, body = _http(
-                fake.base_url + "/v1/files/multipart/%s/initiate" % fake.folder_id, "POST",
-                json.dumps(meta).encode(), {"Authorization": fake.api_key,
-                                            "Content-Type": "application/json"})
-        self.assertEqual(status, 200)
-        data = json.loads(body)["data"]
-        urls = [p["url"] for p in data["parts"]]
-        journal = self.open()
-        record = self.record(urls)
-        journal.create(record)
-        journal.add_part(1, '"etag-1"')
-        self.assertEqual(_mode_of(self.state), 0o700)
-        self.assertEqual({name: _mode_of(os.path.join(self.state, name)) for name in self.files()},
-                         {journal.name + suffix: 0o600 for suffix in (".json", ".lock", ".parts")})
-        for name in self.files():
-            with open(os.path.join(self.state, name), "rb") as f:
-                self.assertNotIn(fake.api_key.encode(), f.read(), name)
-        signed = calendar.timegm(time.strptime(_query_of(urls[0])["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
-        self.assertEqual(journal.load()["parts"][0]["expires"], signed + fake.url_ttl)
-        with self.assertRaises(ValueError):    # a record with anything more is refused
-            journal.create(dict(record, api_key=fake.api_key))
-        self.assertEqual(journal.load()["etags"], {1: '"etag-1"'})
-
-    def test_a_crash_between_write_and_rename_leaves_the_old_record_whole(self) -> None:
-        journal = self.open()
-        journal.create(self.record())
-        journal.add_part(1, '"a"')
-        old = journal.load()
-        journal.close()
-        child = self.child("crash-before-rename",
-                           json.dumps(self.record(upload_id="up-2")).encode())
-        self.assertEqual(child.returncode, 9, child.stderr)
-        self.assertTrue(any(name.endswith(".tmp") for name in self.files()), self.files())
-        again = self.open()
-        self.assertEqual(again.load(), old)
-        self.assertFalse([name for name in self.files() if name.endswith(".tmp")])
-
-    def test_a_torn_part_record_counts_as_not_stored_and_the_next_one_survives(self) -> None:
-        journal = self.open()
-        journal.create(self.record())
-        journal.add_part(1, '"a"')
-        journal.close()
-        with open(os.path.join(self.state, journal.name + ".parts"), "ab") as f:
-            f.write(b'{"n": 2, "etag": "\\"b')    # kill -9 in the middle of an append
-        again = self.open()
-        self.assertEqual(again.load()["etags"], {1: '"a"'})
-        again.add_part(3, '"c"')
-        self.assertEqual(again.load()["etags"], {1: '"a"', 3: '"c"'})
-
-    def test_a_corrupt_journal_reads_as_absent_and_says_so_at_debug_level(self) -> None:
-        journal = self.open()
-        journal.create(self.record())
-        with open(os.path.join(self.state, journal.name + ".json"), "wb") as f:
-            f.write(b'{"version": 1, "parts": [')
-        with self.assertLogs("fileslink", "DEBUG") as logs:
-            self.assertIsNone(journal.load())
-        self.assertIn("ignoring the journal", logs.output[0])
-        self.assertEqual(fileslink._Journal.entries(self.state), [])
-        journal.create(self.record())          # and a fresh upload simply replaces it
-        self.assertEqual(journal.load()["upload_id"], "up-1")
-
-    def test_a_second_process_is_refused_while_the_first_holds_the_journal(self) -> None:
-        journal = self.open()
-        journal.create(self.record())
-        refused = self.child("lock")
-        self.assertEqual(refused.returncode, 3, refused.stderr)
-        self.assertIn("%s is being uploaded by another fileslink process (pid %d)"
-                      % (self.path, os.getpid()), refused.stdout)
-        journal.close()
-        granted = self.child("lock")
-        self.assertEqual((granted.returncode, granted.stdout), (0, "locked\n"), granted.stderr)
-        journal = self.open()
-        journal.remove()                       # the lock file goes too, unlinked under the lock
-        journal.close()
-        self.assertEqual(self.files(), [])
-        self.open().close()                    # and a new one is made for the next upload
-
-    def test_open_refuses_a_state_directory_it_cannot_write(self) -> None:
-        plain = self.write("plain-file", b"x")
-        for label, state in (("its parent is a regular file", os.path.join(plain, "state")),
-                             ("it is a regular file", plain)):
-            with self.subTest(label):
-                with self.assertRaises(fileslink.ConfigError) as cm:
-                    fileslink._Journal.open(state, self.base_url, self.folder, self.path)
-                self.assertIn(state, str(cm.exception))
-                self.assertIn("FILESLINK_STATE_DIR", str(cm.exception))
-        with open(plain, "rb") as f:
-            self.assertEqual(f.read(), b"x")
-
-    def test_url_expiry_reads_amz_and_goog_lifetimes(self) -> None:
-        rows = [("amz", _signed_url(1, self.now, 900), self.now + 900),
-                ("goog", _signed_url(1, self.now, 604800, "Goog"), self.now + 604800),
-                ("names in lower case", _signed_url(1, self.now, 60).replace("X-Amz-", "x-amz-"),
-                 self.now + 60),
-                ("no lifetime", "https://storage.example/b/k?partNumber=1&sig=abc", None),
-                ("a date without a lifetime", _signed_url(1, self.now, 1).replace(
-                    "X-Amz-Expires", "X-Other"), None),
-                ("a 13th month", "https://s.example/k?X-Amz-Date=20241301T000000Z"
-                                 "&X-Amz-Expires=900", None),
-                ("a lifetime that is not a number", _signed_url(1, self.now, 900).replace(
-                    "Expires=900", "Expires=soon"), None)]
-        for label, url, want in rows:
-            with self.subTest(label):
-                self.assertEqual(fileslink._url_expiry(url), want)
-
-    def test_source_identity_sees_a_rewritten_end_but_not_a_read(self) -> None:
-        before = fileslink._source_identity(self.path)
-        with open(self.path, "rb") as f:
-            f.read()
-        self.assertEqual(fileslink._source_identity(self.path), before)
-        st = os.stat(self.path)
-        with open(self.path, "r+b") as f:       # same size, new last byte, mtime put back
-            f.seek(-1, os.SEEK_END)
-            last = f.read(1)
-            f.seek(-1, os.SEEK_END)
-            f.write(bytes([last[0] ^ 0xFF]))
-        os.utime(self.path, ns=(st.st_atime_ns, st.st_mtime_ns))
-        after = fileslink._source_identity(self.path)
-        self.assertEqual({k: after[k] for k in ("size", "mtime_ns", "inode")},
-                         {k: before[k] for k in ("size", "mtime_ns", "inode")})
-        self.assertNotEqual(after["digest"], before["digest"])
-        small = self.write("small.txt", b"hello world")
-        first = fileslink._source_identity(small)["digest"]
-        self.write("small.txt", b"hello World")
-        self.assertNotEqual(fileslink._source_identity(small)["digest"], first)
-
-    def test_resume_check_says_why_a_journal_cannot_be_resumed(self) -> None:
-        now = self.now
-        record = dict(self.record(), etags={})
-        same = fileslink._source_identity(self.path)
-
-        def changed(**kw: Any) -> Dict[str, Any]:
-            return dict(same, **kw)
-
-        def parts(*lifetimes: int) -> Dict[str, Any]:
-            return dict(self.record([_signed_url(n, now, t) for n, t in enumerate(lifetimes, 1)]),
-                        etags={})
-
-        rows: List[Tuple[str, Dict[str, Any], str, str, Dict[str, Any], float, Optional[str]]] = [
-            ("the same upload", record, self.base_url, self.folder, same, now, None),
-            ("another API", record, "https://other.example", self.folder, same, now,
-             "started against https://api.example, not https://other.example"),
-            ("another folder", record, self.base_url, "folder-2", same, now,
-             "in folder folder-1, not folder-2"),
-            ("a new size", record, self.base_url, self.folder, changed(size=5), now,
-             "size 3145728 -> 5"),
-            ("another inode", record, self.base_url, self.folder, changed(inode=1), now,
-             "replaced"),
-            ("a new mtime", record, self.base_url, self.folder, changed(mtime_ns=1), now,
-             "modified"),
-            ("other bytes", record, self.base_url, self.folder, changed(digest="0" * 64), now,
-             "its start or end differs"),
-            ("expired", record, self.base_url, self.folder, same, now + 3700,
-             "the URLs of its 3 parts left expired 100 s ago"),
-            ("expiring within the margin", record, self.base_url, self.folder, same, now + 3570,
-             "the URLs of its 3 parts left expire in 30 s"),
-            ("only stored parts expired", dict(parts(60, 60, 7200), etags={1: "a", 2: "b"}),
-             self.base_url, self.folder, same, now + 600, None),
-            ("every part stored", dict(record, etags={1: "a", 2: "b", 3: "c"}), self.base_url,
-             self.folder, same, now + 86400, None),
-            ("URLs that carry no lifetime", dict(self.record(["https://s.example/1"]), etags={}),
-             self.base_url, self.folder, same, now + 86400, None),
-        ]
-        for label, rec, base_url, folder, identity, at, reason in rows:
-            with self.subTest(label):
-                got = fileslink._resume_check(rec, base_url, folder, identity, at)
-                if reason is None:
-                    self.assertIsNone(got)
-                else:
-                    self.assertIn(reason, got or "")
-
-    def test_pending_lists_every_journal_and_claim_locks_one_to_remove_it(self) -> None:
-        other = self.write("other.bin", b"other")
-        first, second = self.open(), self.open(other)
-        first.create(self.record([_signed_url(n, self.now, 60 * n) for n in (1, 2, 3)]))
-        first.add_part(1, '"a"')
-        first.add_part(2, '"b"')
-        second.create(self.record(path=other, file_id="file-2", upload_id="up-2"))
-        pending = sorted(map(fileslink._pending, fileslink._Journal.entries(self.state)),
-                         key=lambda p: p.id)
-        self.assertEqual(pending[0], fileslink.PendingUpload(
-            "file-1", "big.bin", 3 * MiB, 2, 3, self.now + 180, self.folder, self.path))
-        self.assertEqual((pending[1].id, pending[1].parts_done, pending[1].path),
-                         ("file-2", 0, other))
-        with self.assertRaises(AttributeError):
-            pending[0].parts_done = 3
-        self.assertEqual(pending[0].to_dict()["partsDone"], 2)
-        with self.assertRaises(fileslink.ConfigError):   # `first` is still uploading it
-            fileslink._Journal.claim(self.state, "file-1")
-        first.close()
-        claimed = fileslink._Journal.claim(self.state, "file-1")
-        assert claimed is not None
-        claimed.remove()
-        claimed.close()
-        self.assertEqual([r["file_id"] for r in fileslink._Journal.entries(self.state)],
-                         ["file-2"])
-        self.assertEqual([n for n in self.files() if n.startswith(claimed.name)], [])
-        self.assertIsNone(fileslink._Journal.claim(self.state, "file-1"))
-        self.assertEqual(fileslink._Journal.entries(os.path.join(self.tmp, "nowhere")), [])
-
-    def test_parts_recorded_from_many_threads_on_a_10000_part_journal_all_read_back(self) -> None:
-        # 400 parts, not 10,000: each add_part waits for an fsync (~0.3 ms here).
-        urls = [_signed_url(n, self.now, 3600) for n in range(1, 10001)]
-        journal = self.open()
-        journal.create(self.record(urls))
-        etags = {n: '"%032x"' % n for n in range(1, 10001, 25)}
-        numbers = sorted(etags)
-
-        def record_parts(share: List[int]) -> None:
-            for n in share:
-                journal.add_part(n, etags[n])
-
-        threads = [threading.Thread(target=record_parts, args=(numbers[k::8],)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        loaded = journal.load()
-        self.assertEqual(loaded["etags"], etags)
-        self.assertEqual(fileslink._pending(loaded).parts_done, 400)
-        with open(os.path.join(self.state, journal.name + ".parts"), "rb") as f:
-            lines = f.read().splitlines()
-        self.assertEqual(len(lines), 401)      # the header, then one whole line per part
-        self.assertTrue(all(json.loads(line) for line in lines))
-
-
-# ---------------------------------------------------------------------------
-# The user's world: pipes, forks, descriptors, fairness, bandwidth, resume
-# ---------------------------------------------------------------------------
-
-_HERE = os.path.dirname(os.path.abspath(__file__))
-
-#: A child process that uploads one file through the library, as a user's
-#: script would; argv: path, then JSON options for Client and upload().
-_CHILD_UPLOAD = """
-import json, logging, sys  # logging: its last-resort handler shows warnings on stderr
-sys.path.insert(0, %r)
-import fileslink
-options, kwargs = json.loads(sys.argv[2]), json.loads(sys.argv[3])
-try:
-    result = fileslink.Client(**options).upload(sys.argv[1], **kwargs)
-except fileslink.FilesLinkError as exc:
-    print("error:", exc)
-    sys.exit(1)
-print(result.id)
-""" % _HERE
-
-
-class TestUserWorld(FakeTestCase):
-    """What landed first passed its own faults and still lost data in these."""
-
-    fake_options = {"min_part_size": MiB}
+class TestProxies(FakeTestCase):
 
     def setUp(self) -> None:
         super().setUp()
-        self.state = os.path.join(self.tmp, "state")
-        os.environ["FILESLINK_STATE_DIR"] = self.state
+        self.proxy = _Proxy()
+        self.addCleanup(self.proxy.stop)
 
-    # -- inputs ---------------------------------------------------------------
-
-    def test_a_fifo_path_is_read_to_its_end_and_stored_whole(self) -> None:
-        fifo = os.path.join(self.tmp, "pipe")
-        os.mkfifo(fifo)
-        data = pseudo_random_bytes(3 * MiB, seed=70)
-
-        def write() -> None:
-            with open(fifo, "wb") as f:
-                f.write(data)
-
-        writer = threading.Thread(target=write, daemon=True)
-        writer.start()
-        result = self.client().upload(fifo, self.fake.folder_id, name="dump.sql")
-        writer.join(10)
-        self.assertEqual(result.size, len(data))
-        self.assert_stored(result, data)
-
-    def test_devices_sockets_and_text_streams_are_refused_before_any_call(self) -> None:
-        server = socket.socket(socket.AF_UNIX)
-        self.addCleanup(server.close)
-        sock_path = os.path.join(self.tmp, "s.sock")
-        server.bind(sock_path)
-        text_path, _ = self.make_file("notes.txt", 10)
-        text = open(text_path, "r")
-        self.addCleanup(text.close)
+    def upload(self) -> None:
+        data = pseudo_random_bytes(70000, seed=9)
         client = self.client()
-        for label, source, says in (("device", "/dev/zero", "device"),
-                                    ("socket", sock_path, "socket"),
-                                    ("text file", text, "binary mode"),
-                                    ("StringIO", io.StringIO("hello"), "binary mode")):
-            with self.subTest(label):
-                with self.assertRaises(fileslink.ConfigError) as caught:
-                    client.upload(source, self.fake.folder_id, name="x.bin")
-                self.assertIn(says, str(caught.exception))
+        f = client.upload(data, self.fake.folder_id, name="p.bin")
+        client.close()
+        self.assertEqual(self.fake.files[f.id].data, data)
+
+    def test_http_proxy_carries_api_and_storage_requests_in_absolute_form(self) -> None:
+        host = self.proxy.url.split("//")[1]
+        for name, value in (("HTTP_PROXY", self.proxy.url), ("http_proxy", self.proxy.url),
+                            ("http_proxy", host), ("HTTP_PROXY", "http://me:s%40cret@" + host)):
+            with self.subTest(name=name, value=value):
+                os.environ[name] = value
+                self.addCleanup(os.environ.pop, name, None)
+                del self.proxy.seen[:]
+                self.upload()
+                os.environ.pop(name)
+                targets = [(method, target) for method, target, _ in self.proxy.seen]
+                api = [t for t in targets if t[1].startswith(self.fake.base_url + "/v1/")]
+                storage = [t for t in targets if t[1].startswith(self.fake.storage_url + "/")]
+                self.assertEqual(len(api) + len(storage), len(targets), targets)
+                self.assertEqual([m for m, _ in api], ["POST", "POST"])      # presign, confirm
+                self.assertEqual([m for m, _ in storage], ["PUT"])
+                self.assertIn("X-Amz-Signature=", storage[0][1])
+                for _method, target, headers in self.proxy.seen:
+                    if target.startswith(self.fake.storage_url):
+                        self.assertNotIn("authorization", headers)
+                    if "@" in value:
+                        self.assertEqual(headers.get("proxy-authorization"),
+                                         "Basic bWU6c0BjcmV0")   # me:s@cret
+                    else:
+                        self.assertNotIn("proxy-authorization", headers)
+                # And the fake got them from the proxy, in origin form.
+                self.assertTrue(all(r.path.startswith("/") for r in self.fake.log))
+
+    def test_no_proxy_bypasses_the_proxy_for_the_hosts_it_names(self) -> None:
+        for name in ("NO_PROXY", "no_proxy"):
+            with self.subTest(name=name):
+                os.environ.update({"HTTP_PROXY": self.proxy.url, name: "localhost,127.0.0.1"})
+                self.addCleanup(os.environ.pop, name, None)
+                self.upload()
+                os.environ.pop(name)
+                self.assertEqual(self.proxy.seen, [])
+
+    def test_https_proxy_is_not_used_for_plain_http(self) -> None:
+        os.environ["HTTPS_PROXY"] = self.proxy.url
+        self.upload()
+        self.assertEqual(self.proxy.seen, [])
+
+
+class TestHttps(FakeTestCase):
+    """HTTPS in front of the fake (a TLS relay per plane) with a certificate
+    from a CA made for the test."""
+
+    certs = ""
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        super().setUpClass()
+        if shutil.which("openssl") is None:
+            raise unittest.SkipTest("no openssl command to make a test certificate")
+        cls.certs = tempfile.mkdtemp(prefix="fileslink-ca-")
+        try:
+            cls._make_certificates(cls.certs)
+        except (OSError, subprocess.SubprocessError) as exc:
+            shutil.rmtree(cls.certs, True)
+            raise unittest.SkipTest("openssl could not make a test certificate: %s" % exc) from None
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        shutil.rmtree(cls.certs, True)
+        super().tearDownClass()
+
+    @staticmethod
+    def _make_certificates(d: str) -> None:
+        """ca.pem (a CA), server.pem + server.key (for IP 127.0.0.1, signed by
+        the CA), with the extensions that 3.13's VERIFY_X509_STRICT wants."""
+        def write(name: str, text: str) -> str:
+            path = os.path.join(d, name)
+            with open(path, "w") as f:
+                f.write(text)
+            return path
+
+        ca_cnf = write("ca.cnf", "[req]\ndistinguished_name = dn\nprompt = no\n"
+                       "x509_extensions = ext\n[dn]\nCN = fileslink test CA\n[ext]\n"
+                       "basicConstraints = critical, CA:TRUE\n"
+                       "keyUsage = critical, keyCertSign, cRLSign\n"
+                       "subjectKeyIdentifier = hash\n")
+        leaf_cnf = write("leaf.cnf", "[req]\ndistinguished_name = dn\nprompt = no\n"
+                         "[dn]\nCN = 127.0.0.1\n[ext]\nbasicConstraints = critical, CA:FALSE\n"
+                         "keyUsage = critical, digitalSignature, keyEncipherment\n"
+                         "extendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1\n"
+                         "subjectKeyIdentifier = hash\nauthorityKeyIdentifier = keyid:always\n")
+        key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        for cmd in (["req", "-x509", "-new", "-config", ca_cnf] + key
+                    + ["-keyout", "ca.key", "-out", "ca.pem", "-days", "2"],
+                    ["req", "-new", "-config", leaf_cnf] + key
+                    + ["-keyout", "server.key", "-out", "server.csr"],
+                    ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                     "-set_serial", "4660", "-days", "2", "-extfile", leaf_cnf, "-extensions",
+                     "ext", "-out", "server.pem"]):
+            subprocess.run(["openssl"] + cmd, cwd=d, check=True, timeout=30,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def setUp(self) -> None:
+        super().setUp()
+        self.ca = os.path.join(self.certs, "ca.pem")
+        server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server.load_cert_chain(os.path.join(self.certs, "server.pem"),
+                               os.path.join(self.certs, "server.key"))
+        api_port = int(self.fake.base_url.rsplit(":", 1)[1])
+        storage_port = int(self.fake.storage_url.rsplit(":", 1)[1])
+        self.api = _TlsRelay(server, api_port)
+        self.addCleanup(self.api.stop)
+        self.storage = _TlsRelay(server, storage_port)
+        self.addCleanup(self.storage.stop)
+        self.base_url = "https://127.0.0.1:%d" % self.api.port
+        self.fake.storage_url = "https://127.0.0.1:%d" % self.storage.port  # presigned URLs
+        self.data = pseudo_random_bytes(50000, seed=11)
+
+    def trusting(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cafile=self.ca)
+
+    def test_default_context_refuses_the_server_with_a_certificate_error(self) -> None:
+        client = self.client(base_url=self.base_url)
+        with self.assertRaises(fileslink.FilesLinkError) as caught:
+            client.upload(self.data, self.fake.folder_id, name="x.bin")
+        self.assertIn("certificate", str(caught.exception).lower())
         self.assertEqual(self.fake.log, [])
 
-    def test_a_name_with_undecodable_bytes_is_repaired_as_file_names_are(self) -> None:
-        result = self.client().upload(b"abc", self.fake.folder_id, name="caf\udce9.txt")
-        self.assertEqual(result.name, "caf\ufffd.txt")
-        self.assertEqual(self.fake.files[result.id].name, "caf\ufffd.txt")
+    def test_certificate_error_is_not_retried(self) -> None:
+        # A certificate the client refuses will be refused again: retrying only
+        # delays the message (several seconds with the default Retry).
+        client = self.client(base_url=self.base_url,
+                             retry=fileslink.Retry(attempts=4, backoff=0.01, max_backoff=0.01))
+        with self.assertRaises(fileslink.FilesLinkError):
+            client.list_files(self.fake.folder_id)
+        self.assertEqual(self.api.handshakes, 1)
 
-    # -- processes ------------------------------------------------------------
+    def test_client_with_a_context_trusting_the_ca_uploads(self) -> None:
+        client = self.client(base_url=self.base_url, ssl_context=self.trusting(),
+                             multipart_threshold=6 * MiB)
+        small = client.upload(self.data, self.fake.folder_id, name="s.bin")
+        big_data = pseudo_random_bytes(7 * MiB, seed=12)
+        big = client.upload(big_data, self.fake.folder_id, name="b.bin")
+        self.assertEqual(self.fake.files[small.id].data, self.data)
+        self.assertEqual(self.fake.files[big.id].data, big_data)
+        self.assertTrue(big.multipart)
+        self.assertEqual(self.api.refused + self.storage.refused, 0)
+        self.assertGreater(self.storage.handshakes, 0)   # the bytes went through TLS too
+
+    def test_plain_http_presigned_url_is_refused_under_an_https_base(self) -> None:
+        # Even to loopback: the base is https, so file bytes go encrypted or
+        # not at all (https presigned URLs are taken: the test above). The URL
+        # points at a listener nothing may reach.
+        port, was_connected = self.listener()
+        url = "http://127.0.0.1:%d/bucket/key?X-Amz-Signature=abc" % port
+        self.fake.inject("api", status=200, path_contains=self.presign_path(), body={
+            "success": True, "urls": [{"id": "file-1", "url": url, "s3Key": "k/file-1"}]})
+        client = self.client(base_url=self.base_url, ssl_context=self.trusting())
+        with self.assertRaises(fileslink.ProtocolError) as cm:
+            client.upload(self.data, self.fake.folder_id, name="x.bin")
+        self.assertIn("unencrypted", str(cm.exception))
+        self.assertNotIn("abc", str(cm.exception))
+        self.assertFalse(was_connected())
+        self.assertEqual(self.storage.handshakes, 0)
+        self.assertEqual([r.path for r in self.fake.log], [self.presign_path()])
+
+    def test_cli_ca_bundle_adds_the_ca_to_the_trust_store(self) -> None:
+        os.environ.update(FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.base_url)
+        path = os.path.join(self.tmp, "c.bin")
+        with open(path, "wb") as f:
+            f.write(self.data)
+        code, out, err = self.cli("upload", path, "--quiet", "--ca-bundle", self.ca, "--json",
+                                  "--folder", self.fake.folder_id)
+        self.assertEqual(code, 0, err)
+        (record,) = self.json_lines(out)
+        self.assertEqual(self.fake.files[record["id"]].data, self.data)
+
+    def test_ssl_cert_file_in_the_environment_is_honoured(self) -> None:
+        code = ("import sys, fileslink; c = fileslink.Client(api_key=sys.argv[1], "
+                "base_url=sys.argv[2]); print(c.upload(sys.argv[3].encode(), sys.argv[4], "
+                "name='e.txt').id)")
+        child = self.run_child("-c", code, self.fake.api_key, self.base_url, "via SSL_CERT_FILE",
+                               self.fake.folder_id, env=self.child_env(SSL_CERT_FILE=self.ca))
+        self.assertEqual(child.returncode, 0, child.stderr)
+        file_id = child.stdout.decode().strip()
+        self.assertEqual(self.fake.files[file_id].data, b"via SSL_CERT_FILE")
+
+    def test_https_goes_through_a_connect_proxy_as_an_opaque_tunnel(self) -> None:
+        proxy = _Proxy()
+        self.addCleanup(proxy.stop)
+        os.environ["HTTPS_PROXY"] = proxy.url
+        client = self.client(base_url=self.base_url, ssl_context=self.trusting())
+        f = client.upload(self.data, self.fake.folder_id, name="t.bin")
+        client.close()
+        self.assertEqual(self.fake.files[f.id].data, self.data)
+        self.assertEqual({(m, t) for m, t, _ in proxy.seen},
+                         {("CONNECT", "127.0.0.1:%d" % self.api.port),
+                          ("CONNECT", "127.0.0.1:%d" % self.storage.port)})
+        for _, _, headers in proxy.seen:
+            self.assertNotIn("authorization", headers)
+
+
+class TestLibraryInAProgram(FakeTestCase):
+
+    def test_one_client_shared_by_four_threads_uploads_every_file_intact(self) -> None:
+        client = self.client(max_workers=4)
+        start = threading.Barrier(4)
+        errors: List[BaseException] = []
+        sent: Dict[str, bytes] = {}
+
+        def work(t: int) -> None:
+            try:
+                start.wait(5)
+                for i in range(5):
+                    name, data = "t%d-%d.bin" % (t, i), pseudo_random_bytes(20000 + 1000 * i, t * 10 + i)
+                    sent[name] = data
+                    if i % 2:
+                        path = os.path.join(self.tmp, name)
+                        with open(path, "wb") as f:
+                            f.write(data)
+                        client.upload(path, self.fake.folder_id)
+                    else:
+                        client.upload(data, self.fake.folder_id, name=name)
+            except BaseException as exc:   # reported below, in the test's thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        self.assertEqual(errors, [])
+        got = {f.name: f.data for f in self.fake.files.values() if f.uploaded}
+        self.assertEqual(len(got), 20)
+        self.assertEqual(got, sent)
+
+    def test_library_adds_no_handler_and_prints_nothing(self) -> None:
+        logger = logging.getLogger("fileslink")
+        root_handlers = list(logging.getLogger().handlers)
+        self.fake.inject("storage", status=503, headers={"Retry-After": "0"})  # logs a retry
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            client = self.client(multipart_threshold=6 * MiB)
+            client.upload(b"x" * 1000, self.fake.folder_id, name="a.txt")
+            client.upload(pseudo_random_bytes(7 * MiB), self.fake.folder_id, name="b.bin")
+            client.upload_many([("c.txt", b"c"), ("d.txt", b"d")], self.fake.folder_id)
+            with self.assertRaises(fileslink.UploadManyError):   # failures are raised, not printed
+                client.upload_many([os.path.join(self.tmp, "missing")], self.fake.folder_id)
+        self.assertEqual((out.getvalue(), err.getvalue()), ("", ""))
+        self.assertEqual(logger.handlers, [])
+        self.assertEqual(logging.getLogger().handlers, root_handlers)
+
+    def test_debug_log_shows_each_call_with_the_key_redacted(self) -> None:
+        self.fake.inject("api", status=503, headers={"Retry-After": "0"},
+                         body={"success": False, "message": "busy; key=%s" % self.fake.api_key})
+        with self.assertLogs("fileslink", logging.DEBUG) as logs:
+            self.client().upload(b"hello", self.fake.folder_id, name="h.txt")
+        text = "\n".join(logs.output)
+        self.assertNotIn(self.fake.api_key, text)
+        self.assertRegex(text, r"POST /v1/files/%s: .*503.*; try 2 of 3 in \d" % self.fake.folder_id)
+        self.assertRegex(text, r"POST /v1/files/%s -> 200 \(try 2" % self.fake.folder_id)
+        self.assertRegex(text, r"PUT h\.txt to http://127\.0\.0\.1:\d+/\S+\?\.\.\. -> 200 \(try 1")
+        self.assertRegex(text, r"POST /v1/files/confirm-upload -> 200 \(try 1")
+        self.assertNotIn("X-Amz-Signature", text)
+
+    def test_a_rejected_key_leaves_no_file_open(self) -> None:
+        paths = [self.make_file("k%d.txt" % i, 2048)[0] for i in range(3)]
+        client = self.client(api_key="fl_wrong_key")
+        multipart = self.client(api_key="fl_wrong_key", multipart_threshold=1024)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ResourceWarning)
+            for call in (lambda: client.upload_many(paths, self.fake.folder_id),      # presign
+                         lambda: multipart.upload_many(paths, self.fake.folder_id),   # initiate
+                         lambda: client.upload(paths[0], self.fake.folder_id)):
+                try:
+                    call()
+                except fileslink.AuthError:
+                    pass
+            gc.collect()
+        self.assertEqual([str(w.message) for w in caught
+                          if issubclass(w.category, ResourceWarning)], [])
+
+    def test_upload_can_be_awaited_from_asyncio_in_a_thread(self) -> None:
+        client = self.client()
+        paths = [self.make_file("as%d.bin" % i, 30000, seed=i)[0] for i in range(2)]
+
+        async def both() -> List[Any]:
+            if hasattr(asyncio, "to_thread"):
+                return list(await asyncio.gather(*[
+                    asyncio.to_thread(client.upload, p, self.fake.folder_id) for p in paths]))
+            from concurrent.futures import ThreadPoolExecutor   # 3.8: no to_thread
+            loop = asyncio.get_running_loop()
+            with ThreadPoolExecutor(2) as pool:
+                return list(await asyncio.gather(*[
+                    loop.run_in_executor(pool, client.upload, p, self.fake.folder_id)
+                    for p in paths]))
+
+        results = asyncio.run(both())
+        self.assertEqual([r.name for r in results], ["as0.bin", "as1.bin"])
+        for r in results:
+            self.assertEqual(self.fake.files[r.id].data, pseudo_random_bytes(30000, seed=int(r.name[2])))
+
+
+class TestVendoring(FakeTestCase):
+
+    def test_fileslink_py_alone_runs_in_isolated_mode_without_site_packages(self) -> None:
+        source = os.path.abspath(fileslink.__file__)
+        vendor = os.path.join(self.tmp, "vendor")
+        os.mkdir(vendor)
+        shutil.copy(source, vendor)
+        code = "\n".join([
+            "import sys",
+            "sys.path.insert(0, sys.argv[1])",
+            "import fileslink, os",
+            "assert os.path.dirname(fileslink.__file__) == sys.argv[1], fileslink.__file__",
+            "assert sys.flags.isolated and sys.flags.no_site",
+            "c = fileslink.Client(api_key=sys.argv[2], base_url=sys.argv[3])",
+            "print(c.upload(b'vendored bytes', sys.argv[4], name='v.txt').id)",
+            "print(sorted(m for m, mod in sys.modules.items()",
+            "             if 'site-packages' in (getattr(mod, '__file__', None) or '')))",
+        ])
+        child = self.run_child("-I", "-S", "-c", code, vendor, self.fake.api_key,
+                               self.fake.base_url, self.fake.folder_id, cwd=vendor)
+        self.assertEqual(child.returncode, 0, child.stderr)
+        file_id, third_party = child.stdout.decode().splitlines()
+        self.assertEqual(self.fake.files[file_id].data, b"vendored bytes")
+        self.assertEqual(third_party, "[]")
+
+    def test_the_licence_text_is_inside_the_file(self) -> None:
+        with open(fileslink.__file__, encoding="utf-8") as f:
+            head = f.read(4000)
+        self.assertIn("MIT License", head)
+        self.assertIn("Permission is hereby granted, free of charge", head)
+        self.assertIn('THE SOFTWARE IS PROVIDED "AS IS"', head)
+
+
+class TestProcessesAndNetworks(PartsCase):
+    """fork(), few descriptors, slow callbacks, NO_PROXY networks."""
 
     def test_a_forked_child_never_uses_the_parents_connections(self) -> None:
         accepted: List[int] = []
@@ -6589,43 +6867,6 @@ class TestUserWorld(FakeTestCase):
         client = self.client(multipart_threshold=MiB, max_workers=2)
         self.assert_stored(client.upload(path, self.fake.folder_id, progress=progress), data)
 
-    # -- fairness, bandwidth, re-runs ------------------------------------------
-
-    def test_a_small_file_starts_within_one_part_of_a_big_one(self) -> None:
-        big, _ = self.make_file("big.iso", 8 * MiB, seed=74)
-        small, small_data = self.make_file("notes.txt", 100, seed=75)
-        client = self.client(multipart_threshold=MiB, max_workers=1)
-        client.upload_many([big, small], self.fake.folder_id)
-        names = [r.path.rsplit("/", 1)[1] for r in self.puts()]
-        self.assertEqual(names[:2], ["big.iso", "notes.txt"])
-        self.assertEqual(len(names), 9)
-
-    def test_max_bandwidth_holds_the_rate_down_across_workers(self) -> None:
-        path, data = self.make_file("slow.bin", 2 * MiB, seed=76)
-        client = self.client(multipart_threshold=MiB // 2, max_workers=4,
-                             max_bandwidth=4 * MiB)
-        started = time.monotonic()
-        self.assert_stored(client.upload(path, self.fake.folder_id), data)
-        # A lower bound only: a busy machine can make it slower, never faster.
-        self.assertGreaterEqual(time.monotonic() - started, 0.45)
-
-    def test_skip_existing_lists_once_and_sends_only_what_is_missing(self) -> None:
-        a, _ = self.make_file("a.txt", 10, seed=77)
-        b, _ = self.make_file("b.txt", 20, seed=78)
-        c, c_data = self.make_file("c.txt", 30, seed=79)
-        client = self.client()
-        first = client.upload_many([a, b], self.fake.folder_id)
-        mark = len(self.fake.log)
-        again = client.upload_many([a, b, c], self.fake.folder_id, skip_existing=True)
-        self.assertEqual([f.skipped for f in again], [True, True, False])
-        self.assertEqual([f.id for f in again[:2]], [f.id for f in first])
-        self.assert_stored(again[2], c_data)
-        calls = [(r.method, r.path) for r in self.fake.log[mark:] if r.plane == "api"]
-        self.assertEqual([m for m, _ in calls], ["GET", "POST", "POST"])  # list, presign, confirm
-        self.assertEqual(len(self.puts(mark)), 1)
-
-    # -- servers and networks --------------------------------------------------
-
     def test_no_proxy_networks_bypass_the_proxy_and_a_refusing_proxy_is_named(self) -> None:
         port = socket.socket()
         port.bind(("127.0.0.1", 0))
@@ -6641,333 +6882,105 @@ class TestUserWorld(FakeTestCase):
                                                                   name="p.txt")
         self.assertIn("cannot connect to the proxy 127.0.0.1:%d" % dead, str(caught.exception))
 
-    def test_retries_are_logged_at_info_and_the_last_error_counts_the_tries(self) -> None:
-        self.fake.inject("api", status=503, times=3)
-        with self.assertLogs("fileslink", "INFO") as logs, \
-                self.assertRaises(fileslink.APIError) as caught:
-            self.client().upload(b"x", self.fake.folder_id, name="r.txt")
-        self.assertIn("gave up after 3 tries", str(caught.exception))
-        self.assertTrue(any("try 2 of 3 in" in line for line in logs.output), logs.output)
 
-    def test_part_urls_too_short_for_the_rate_are_warned_of_then_named(self) -> None:
-        self.fake.url_ttl = 2.0
-        path, _ = self.make_file("late.bin", 4 * MiB, seed=80)
-        client = self.client(multipart_threshold=MiB, max_workers=1, max_bandwidth=MiB)
-        with self.assertLogs("fileslink", "WARNING") as logs, \
-                self.assertRaises(fileslink.TransferError) as caught:
-            client.upload(path, self.fake.folder_id)
-        self.assertIn("will likely fail", "\n".join(logs.output))
-        self.assertIn("lifetime is 2 s", str(caught.exception))
-        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
-
-    # -- resume ----------------------------------------------------------------
-
-    def child_upload(self, path: str, **kwargs: Any) -> "subprocess.Popen[str]":
-        options = {"api_key": self.fake.api_key, "base_url": self.fake.base_url,
-                   "multipart_threshold": MiB, "max_workers": 1, "timeout": 2,
-                   "retry": None}
-        return subprocess.Popen(
-            [sys.executable, "-c", _CHILD_UPLOAD, path, json.dumps(options),
-             json.dumps(dict(folder_id=self.fake.folder_id, resume=True, **kwargs))],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            # A shell's background job starts with SIGINT ignored, and Python
-            # then never raises KeyboardInterrupt: give the child the default.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-
-    def child_stalled_after(self, path: str, parts: int) -> "subprocess.Popen[str]":
-        """A child uploading `path` with resume on, held mid-upload: the fake
-        lets `parts` PUTs through (faults that do nothing), then stalls the next."""
-        self.fake.inject("storage", delay=0, times=parts)
-        self.fake.inject("storage", delay=30)
-        child = self.child_upload(path)
-        self.wait_for(lambda: self.journal_parts() >= parts
-                      and len(self.puts()) > parts)  # the stalled PUT is in
-        return child
-
-    def journal_parts(self) -> int:
-        """Parts the journal records as stored (its .parts file, less the header)."""
-        names = [n for n in os.listdir(self.state) if n.endswith(".parts")] \
-            if os.path.isdir(self.state) else []
-        if not names:
-            return 0
-        with open(os.path.join(self.state, names[0]), "rb") as f:
-            return max(0, f.read().count(b"\n") - 1)
-
-    def wait_for(self, condition: Callable[[], bool], seconds: float = 20) -> None:
-        deadline = time.monotonic() + seconds  # a bound for a hung child, not a measure
-        while not condition():
-            self.assertLess(time.monotonic(), deadline, "the child never got there")
-            time.sleep(0.01)
-
-    def test_kill_9_then_a_rerun_sends_only_the_parts_not_journaled(self) -> None:
-        path, data = self.make_file("big.bin", 8 * MiB, seed=81)
-        child = self.child_stalled_after(path, 3)
-        child.kill()
-        child.communicate(timeout=10)
-        journaled, first_puts = self.journal_parts(), len(self.puts())
-        self.assertEqual([u.state for u in self.fake.multipart.values()], ["open"])
-        mark = len(self.fake.log)
-        rerun = self.child_upload(path)
-        out, err = rerun.communicate(timeout=30)
-        self.assertEqual(rerun.returncode, 0, out + err)
-        self.assertEqual(journaled, 3)
-        self.assertEqual(len(self.puts(mark)), 8 - journaled)
-        self.assertEqual(len(self.fake.api_calls("complete")), 1)
-        self.assertEqual(len(self.fake.api_calls("initiate")), 1)
-        self.assertEqual(self.fake.files[out.strip()].data, data)
-        self.assertEqual(os.listdir(self.state), [])  # the journal went with the upload
-        print("\nresume after kill -9: run 1 sent %d part PUTs, %d journaled; run 2 sent %d; "
-              "%d of 8 MiB not sent again" % (first_puts, journaled, 8 - journaled, journaled)
-              if "-v" in sys.argv else "", end="")
-
-    def test_ctrl_c_with_resume_keeps_the_upload_and_a_rerun_completes_it(self) -> None:
-        path, data = self.make_file("big.bin", 8 * MiB, seed=82)
-        child = self.child_stalled_after(path, 2)
-        child.send_signal(signal.SIGINT)
-        out, err = child.communicate(timeout=10)
-        self.assertEqual(self.fake.api_calls("abort"), [])
-        self.assertEqual(len(self.client().pending()), 1, out + err)
-        (pending,) = self.client().pending()
-        self.assertEqual((pending.name, pending.size, pending.parts_total), ("big.bin", 8 * MiB, 8))
-        self.assertGreaterEqual(pending.parts_done, 2)
-        rerun = self.child_upload(path)
-        out, err = rerun.communicate(timeout=30)
-        self.assertEqual(rerun.returncode, 0, out + err)
-        self.assertEqual(self.fake.files[out.strip()].data, data)
-        self.assertEqual(self.client().pending(), [])
-
-    def test_a_changed_source_or_dead_urls_start_afresh_and_abort_the_old(self) -> None:
-        for label, spoil in (("modified", "modify"), ("expired", "expire")):
-            with self.subTest(label):
-                path, _ = self.make_file("big-%s.bin" % label, 8 * MiB, seed=83)
-                child = self.child_stalled_after(path, 2)
-                child.kill()
-                child.communicate(timeout=10)
-                if spoil == "modify":
-                    data = pseudo_random_bytes(8 * MiB, seed=84)
-                    with open(path, "wb") as f:
-                        f.write(data)
-                else:
-                    with open(path, "rb") as f:
-                        data = f.read()
-                    self.fake.advance_clock(self.fake.url_ttl + 60)
-                rerun = self.child_upload(path)
-                out, err = rerun.communicate(timeout=30)
-                self.assertEqual(rerun.returncode, 0, out + err)
-                self.assertEqual(self.fake.files[out.strip()].data, data)
-                ups = [u for u in self.fake.multipart.values()
-                       if self.fake.files[u.file_id].name == os.path.basename(path)]
-                self.assertEqual(sorted(u.state for u in ups), ["aborted", "completed"])
-                self.assertIn("not resumed", err)
-
-    def test_a_second_process_on_the_same_upload_is_refused(self) -> None:
-        path, data = self.make_file("big.bin", 8 * MiB, seed=85)
-        first = self.child_stalled_after(path, 1)
-        second = self.child_upload(path)
-        out, err = second.communicate(timeout=30)
-        self.assertEqual(second.returncode, 1, out + err)
-        self.assertIn("being uploaded by another fileslink process", out)
-        first.kill()  # held mid-upload by the fake: it never got past the lock either way
-        first.communicate(timeout=10)
-        self.assertEqual(len(self.fake.api_calls("initiate")), 1)
-        self.assertEqual(self.journal_parts(), 1)  # the second touched nothing of the first's
-
-    def test_resume_without_a_writable_state_dir_fails_before_any_call(self) -> None:
-        blocker, _ = self.make_file("a-file", 1)
-        os.environ["FILESLINK_STATE_DIR"] = os.path.join(blocker, "state")
-        path, _ = self.make_file("big.bin", 2 * MiB)
-        with self.assertRaises(fileslink.ConfigError) as caught:
-            self.client(multipart_threshold=MiB).upload(path, self.fake.folder_id, resume=True)
-        self.assertIn("FILESLINK_STATE_DIR", str(caught.exception))
-        self.assertEqual(self.fake.log, [])
-
-    def test_abort_pending_aborts_at_the_service_and_drops_the_journal(self) -> None:
-        path, _ = self.make_file("big.bin", 8 * MiB, seed=86)
-        child = self.child_stalled_after(path, 1)
-        child.kill()
-        child.communicate(timeout=10)
-        (pending,) = self.client().pending()
-        self.assertEqual(self.client().abort_pending(), [pending.id])
-        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
-        self.assertEqual(self.client().pending(), [])
-        self.assertEqual(os.listdir(self.state), [])
+HERE = os.path.dirname(os.path.abspath(fileslink.__file__))
 
 
-class TestBreakFindings(FakeTestCase):
-    """A hostile user's findings against resume, the transport and Ctrl-C
-    (each failed on the code it was found on)."""
+# ---------------------------------------------------------------------------
+# README.md: every code block runs against the fake, so the docs cannot rot
+# ---------------------------------------------------------------------------
 
-    fake_options = {"min_part_size": 64 * 1024, "part_size": 64 * 1024}
+_README_FENCE = re.compile(
+    r"(?:<!-- readme-test: (?P<marker>[^\n]*?) -->\n)?```(?P<lang>\w*)\n(?P<code>.*?)```",
+    re.DOTALL)
 
-    def setUp(self) -> None:
+
+def readme_blocks():
+    """(language, code, marker) for each fenced block of README.md."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    return [(m.group("lang"), m.group("code"), m.group("marker") or "")
+            for m in _README_FENCE.finditer(text)]
+
+
+class TestReadme(FakeTestCase):
+    """The README's commands and code, as a new user would run them: in a
+    directory holding the files they name, with the fake's key and folder."""
+
+    def setUp(self):
         super().setUp()
-        self.state = os.path.join(self.tmp, "state")
-        os.environ["FILESLINK_STATE_DIR"] = self.state
+        self.work = os.path.join(self.tmp, "work")
+        os.makedirs(os.path.join(self.work, "photos", "2024"))
+        samples = {"report.pdf": 12288, "notes.txt": 6, "photos/beach.jpg": 300000,
+                   "photos/2024/cat.png": 120000}
+        for i, (name, size) in enumerate(sorted(samples.items())):
+            with open(os.path.join(self.work, name), "wb") as f:
+                f.write(pseudo_random_bytes(size, i))
+        for name in ("fileslink.py", "test_fileslink.py"):
+            shutil.copy(os.path.join(HERE, name), self.work)
+        cafile = ssl.get_default_verify_paths().cafile or ssl.get_default_verify_paths().openssl_cafile
+        if cafile and os.path.isfile(cafile):
+            shutil.copy(cafile, os.path.join(self.work, "corp-ca.pem"))
+        # `fileslink` and `python` on PATH are this checkout and this interpreter.
+        bindir = os.path.join(self.tmp, "bin")
+        os.makedirs(bindir)
+        for command, target in (("fileslink", [sys.executable, os.path.join(HERE, "fileslink.py")]),
+                                ("python", [sys.executable])):
+            path = os.path.join(bindir, command)
+            with open(path, "w") as f:
+                f.write('#!/bin/sh\nexec %s "$@"\n' % " ".join("'%s'" % t for t in target))
+            os.chmod(path, 0o755)
+        self.file_id = self.client().upload(b"linked", self.fake.folder_id, name="x.txt").id
+        self.env = dict(os.environ, PATH=bindir + os.pathsep + os.environ.get("PATH", ""),
+                        FILESLINK_KEY=self.fake.api_key, FILESLINK_BASE_URL=self.fake.base_url,
+                        FILESLINK_FOLDER=self.fake.folder_id, PYTHONPATH="")
 
-    def big_client(self, **kw: Any) -> "fileslink.Client":
-        return self.client(multipart_threshold=64 * 1024, **kw)
+    def _substitute(self, code):
+        for placeholder, value in (("your-api-key", self.fake.api_key),
+                                   ("PROJECT_ID", self.fake.project_id),
+                                   ("FOLDER_ID", self.fake.folder_id),
+                                   ("FILE_ID", self.file_id)):
+            code = code.replace(placeholder, value)
+        return code
 
-    def test_a_resumed_upload_whose_parts_are_all_stored_is_completed(self) -> None:
-        # The network died at `complete`: every part is journaled, none is left to send.
-        path, data = self.make_file("big.bin", 300 * 1024, seed=90)
-        self.fake.inject("api", status=500, times=3, path_contains="complete")
-        with self.assertRaises(fileslink.APIError):
-            self.big_client().upload(path, self.fake.folder_id, resume=True)
-        (pending,) = self.big_client().pending()
-        self.assertEqual((pending.parts_done, pending.parts_total), (5, 5))
-        mark = len(self.fake.log)
-        result = self.big_client().upload(path, self.fake.folder_id, resume=True)
-        self.assertEqual(self.fake.files[result.id].data, data)
-        self.assertEqual([r for r in self.fake.log[mark:] if r.plane == "storage"], [])
-        self.assertEqual(self.big_client().pending(), [])
+    def _run(self, argv, code, what):
+        done = subprocess.run(argv, input=code, cwd=self.work, env=self.env, timeout=60,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True)
+        self.assertEqual(done.returncode, 0, "%s failed:\n%s\n--- output ---\n%s"
+                         % (what, code, done.stdout))
 
-    def test_a_source_gone_before_its_initiate_leaves_no_orphan_and_spares_the_rest(self) -> None:
-        a, _ = self.make_file("a.bin", 640 * 1024, seed=91)
-        b, _ = self.make_file("b.bin", 300 * 1024, seed=92)
-        c, _ = self.make_file("c.txt", 1000, seed=93)
-        removed: List[bool] = []
+    def _runnable(self, marker):
+        if marker.startswith("skip"):
+            return False
+        if marker.startswith("python>=3.9") and sys.version_info < (3, 9):
+            return False
+        return True
 
-        def progress(name: str, sent: int, total: int) -> None:
-            if name == "a.bin" and not removed:   # b.bin is open, waiting its turn
-                removed.append(True)
-                os.unlink(b)                      # a cleanup job removes it meanwhile
+    def test_the_readme_has_code_to_check(self):
+        languages = [lang for lang, _, _ in readme_blocks()]
+        self.assertGreaterEqual(languages.count("python"), 5)
+        self.assertGreaterEqual(languages.count("console"), 5)
 
-        with self.assertRaises(fileslink.UploadManyError) as caught:
-            self.big_client(max_workers=2).upload_many([a, b, c], self.fake.folder_id,
-                                                       resume=True, progress=progress)
-        self.assertEqual([name for _, name, _ in caught.exception.failures], ["b.bin"])
-        states = {self.fake.files[u.file_id].name: u.state for u in self.fake.multipart.values()}
-        self.assertEqual(states.get("a.bin"), "completed")
-        self.assertIn(states.get("b.bin", "never initiated"), ("aborted", "never initiated"))
+    def test_every_python_block_runs(self):
+        for number, (lang, code, marker) in enumerate(readme_blocks(), 1):
+            if lang != "python" or not self._runnable(marker):
+                continue
+            if "corp-ca.pem" in code and not os.path.exists(os.path.join(self.work, "corp-ca.pem")):
+                continue  # no CA bundle on this machine to stand in for a corporate one
+            with self.subTest(block=number):
+                self._run([sys.executable, "-"], self._substitute(code), "README block %d" % number)
 
-    def test_a_source_rewritten_before_its_initiate_is_never_resumed_into_a_mix(self) -> None:
-        a, _ = self.make_file("a.bin", 640 * 1024, seed=94)
-        b, _ = self.make_file("b.bin", 300 * 1024, seed=95)
-        new = pseudo_random_bytes(300 * 1024, seed=96)
-        steps: List[str] = []
-
-        def progress(name: str, sent: int, total: int) -> None:
-            if name == "a.bin" and not steps:     # b.bin is open, waiting its turn
-                steps.append("rewritten")
-                with open(b + ".new", "wb") as f:
-                    f.write(new)
-                os.replace(b + ".new", b)         # an export regenerated in place
-            elif name == "b.bin" and sent >= 128 * 1024 and steps == ["rewritten"]:
-                steps.append("interrupted")
-                raise KeyboardInterrupt           # Ctrl-C with b.bin half sent
-
-        # b.bin is refused (the path no longer names the file opened) or cut short.
-        with self.assertRaises((KeyboardInterrupt, fileslink.UploadManyError)):
-            self.big_client(max_workers=1).upload_many([a, b], self.fake.folder_id,
-                                                       resume=True, progress=progress)
-        result = self.big_client().upload(b, self.fake.folder_id, resume=True)
-        self.assertTrue(self.fake.files[result.id].data == new,
-                        "the object stored mixes the old file's parts with the new one's")
-
-    def test_create_folder_is_sent_once_when_a_kept_alive_connection_drops_after_it(self) -> None:
-        # A raw API: a GET is answered on a kept-alive connection; the POST that
-        # follows on it is taken whole (the folder is made) and goes unanswered.
-        listener = socket.socket()
-        listener.bind(("127.0.0.1", 0))
-        listener.listen(8)
-        self.addCleanup(listener.close)
-        seen: List[str] = []
-
-        def serve(conn: socket.socket) -> None:
-            with conn:
-                reader = conn.makefile("rb")
-                while True:
-                    line = reader.readline().decode()
-                    if not line:
-                        return
-                    length = 0
-                    for header in iter(reader.readline, b"\r\n"):
-                        name, _, value = header.decode().partition(":")
-                        if name.strip().lower() == "content-length":
-                            length = int(value)
-                    reader.read(length)
-                    seen.append(line.split()[0])
-                    if line.startswith("POST"):
-                        return                    # carried out; the answer is lost
-                    body = b'{"success": true, "data": []}'
-                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
-
-        def accept() -> None:
-            while True:
-                try:
-                    conn, _ = listener.accept()
-                except OSError:
-                    return
-                threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-        threading.Thread(target=accept, daemon=True).start()
-        client = self.client(base_url="http://127.0.0.1:%d" % listener.getsockname()[1])
-        client.list_projects()                    # leaves a kept-alive connection
-        with self.assertRaises(fileslink.APIError) as caught:
-            client.create_folder("Invoices", "p1")
-        self.assertIn("may have been", str(caught.exception))
-        self.assertEqual(seen, ["GET", "POST"])   # a second POST is a second folder
-
-    def test_ctrl_c_returns_within_two_seconds_with_several_uploads_to_abort(self) -> None:
-        paths = [self.make_file("big%d.bin" % i, 128 * 1024, seed=97 + i)[0] for i in range(4)]
-        self.fake.inject("storage", delay=30, times=100)       # parts stall (stop() ends it)
-        self.fake.inject("api", delay=30, times=10, path_contains="abort")   # so does abort
-        sending: Dict[str, int] = {}
-        sent: List[float] = []
-
-        def progress(name: str, done: int, total: int) -> None:
-            sending[name] = done
-            if len(sending) == 4 and not sent:    # all four initiated, parts on the wire
-                sent.append(time.monotonic())
-                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
-
-        with self.assertRaises(KeyboardInterrupt):
-            self.big_client(max_workers=8, timeout=10).upload_many(paths, self.fake.folder_id,
-                                                                   progress=progress)
-        self.assertEqual(len(sent), 1)
-        self.assertLess(time.monotonic() - sent[0], 2)
-
-    def test_a_key_the_headers_cannot_carry_is_refused_and_never_shown(self) -> None:
-        key = "\u201c%s\u201d" % self.fake.api_key   # pasted with a page's curly quotes
-        with self.assertRaises(fileslink.ConfigError) as caught:
-            self.client(api_key=key).list_projects()
-        self.assertNotIn(self.fake.api_key, repr(caught.exception))
-        self.assertEqual(self.fake.log, [])
-
-    def test_a_text_mode_spooled_temporary_file_is_refused_before_any_call(self) -> None:
-        stream = tempfile.SpooledTemporaryFile(mode="w+")
-        self.addCleanup(stream.close)
-        stream.write("hello\n")
-        stream.seek(0)
-        with self.assertRaises(fileslink.ConfigError) as caught:
-            self.client().upload(stream, self.fake.folder_id, name="x.txt")
-        self.assertIn("binary", str(caught.exception))
-        self.assertEqual(self.fake.log, [])
-
-    def test_one_path_under_two_names_uploads_both_with_resume_on(self) -> None:
-        path, data = self.make_file("big.bin", 640 * 1024, seed=101)
-        self.fake.inject("storage", delay=0.2, times=4)   # the first is still sending
-        results = self.big_client().upload_many([("latest.bin", path), ("v1.bin", path)],
-                                                self.fake.folder_id, resume=True)
-        self.assertEqual([r.name for r in results], ["latest.bin", "v1.bin"])
-        for result in results:
-            self.assertEqual(self.fake.files[result.id].data, data)
-
-    def test_progress_of_a_resumed_upload_ends_at_the_size(self) -> None:
-        path, _ = self.make_file("big.bin", 640 * 1024, seed=102)
-
-        def stop(name: str, sent: int, total: int) -> None:
-            if sent >= 320 * 1024:
-                raise KeyboardInterrupt
-
-        with self.assertRaises(KeyboardInterrupt):
-            self.big_client(max_workers=1).upload(path, self.fake.folder_id, resume=True,
-                                                  progress=stop)
-        seen: List[Tuple[int, int]] = []
-        self.big_client().upload(path, self.fake.folder_id, resume=True,
-                                 progress=lambda name, sent, total: seen.append((sent, total)))
-        self.assertEqual(seen[-1], (640 * 1024, 640 * 1024))
+    def test_every_console_command_runs(self):
+        for number, (lang, code, marker) in enumerate(readme_blocks(), 1):
+            if lang != "console" or not self._runnable(marker):
+                continue
+            commands = [line[2:] for line in code.splitlines() if line.startswith("$ ")]
+            script = "set -eu -o pipefail\n" + "\n".join(self._substitute(c) for c in commands)
+            if "corp-ca.pem" in script and not os.path.exists(os.path.join(self.work, "corp-ca.pem")):
+                continue
+            with self.subTest(block=number):
+                self._run(["bash"], script, "README block %d" % number)
 
 
 # ---------------------------------------------------------------------------
