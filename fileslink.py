@@ -274,15 +274,16 @@ class UploadManyError(FilesLinkError):
         results: per source, in order, its UploadedFile or its exception.
     """
 
+    # Results are typed Any: UploadedFile is a value, defined below the errors.
     def __init__(self, failures: List[Tuple[int, str, BaseException]],
-                 results: List[Union[UploadedFile, BaseException]]) -> None:
+                 results: List[Any]) -> None:
         shown = "; ".join("%s: %s" % (name, exc) for _, name, exc in failures[:5])
         more = " (and %d more)" % (len(failures) - 5) if len(failures) > 5 else ""
         super().__init__("%d of %d files failed: %s%s"
                          % (len(failures), len(results), shown, more))
         self.failures = failures
         self.results = results
-        self.uploaded = [r for r in results if isinstance(r, UploadedFile)]
+        self.uploaded = [r for r in results if not isinstance(r, BaseException)]
 
 
 class _Stopped(TransferError):
@@ -366,6 +367,8 @@ _ASSUMED: Dict[str, Any] = {
     "listing": ("data",),
     # Files per presign / confirm call: the API takes lists, its limit is unpublished.
     "batch_size": 50,
+    # Not an entry, for nothing reads it: completing a multipart upload marks
+    # the file uploaded, so the engine makes no confirm call after complete.
 }
 
 
@@ -962,7 +965,10 @@ class _Transport:
         """In a forked child, forget the parent's connections and its lock
         (another thread may have held it at the fork)."""
         if os.getpid() != self._pid:
+            inherited = [c for pool in self._idle.values() for c in pool]
             self._pid, self._lock, self._idle = os.getpid(), threading.Lock(), {}
+            for conn in inherited:  # closes this process's descriptor, not the connection
+                conn.http.close()
 
     def ssl_context(self) -> ssl.SSLContext:
         with self._lock:
@@ -1025,7 +1031,7 @@ class _Transport:
 
     def exchange(self, method: str, url: str, headers: Dict[str, str], body: Any = None, *,
                  cancel: _Cancel = _NEVER, max_body: int = _MAX_ERROR_BODY,
-                 timeout: Optional[float] = None) -> _Response:
+                 timeout: Optional[float] = None, fresh: bool = False) -> _Response:
         """Send one request and read its response (up to max_body bytes).
 
         `body` is bytes, or anything with len() and send(http_connection).
@@ -1033,11 +1039,12 @@ class _Transport:
         request is sent, the whole answer.  A kept-alive connection that
         turns out to be closed by the server is replaced once, without the
         caller seeing it: that failure says nothing about the request.
+        `fresh`: a new connection, so that a lost answer is never mistaken
+        for a stale connection and the request silently sent again.
         Raises _ConnectFailed when no connection could be made.
         """
         scheme, host, port, target = _split_url(url)
         limit = self.timeout if timeout is None else timeout
-        fresh = False
         while True:
             cancel.check()
             conn = self._checkout((scheme, host, port), fresh)
@@ -1116,6 +1123,9 @@ class _Transport:
         truncated = len(data) > max_body
         if truncated:
             data = data[:max_body]
+        elif response.length:  # http.client takes an early EOF for the end of the body
+            h.close()
+            raise http.client.IncompleteRead(data, response.length)
         if answered_early or truncated or response.will_close or not response.isclosed():
             h.close()
         else:
@@ -1152,6 +1162,10 @@ class _Source:
         """The bytes themselves, when they are in memory (no copy)."""
         return None
 
+    def stamp(self) -> Tuple[int, int, int]:
+        """(inode, size, mtime_ns) of a file opened from a path."""
+        raise NotImplementedError
+
     def check_unchanged(self) -> None:
         """Raise SourceChangedError if the data changed since it was opened."""
 
@@ -1167,6 +1181,7 @@ class _PathSource(_Source):
         self._file = open(path, "rb", buffering=0)  # OSError here: before any I/O
         st = os.fstat(self._file.fileno())
         self._stamp = (st.st_size, st.st_mtime_ns)
+        self._inode = st.st_ino
         self.size = st.st_size
         self._lock = threading.Lock()  # guards the file position where there is no preadv
         self._pread = getattr(os, "preadv", None)
@@ -1177,6 +1192,9 @@ class _PathSource(_Source):
         with self._lock:
             self._file.seek(offset)
             return self._file.readinto(buf) or 0
+
+    def stamp(self) -> Tuple[int, int, int]:
+        return (self._inode,) + self._stamp
 
     def check_unchanged(self) -> None:
         st = os.fstat(self._file.fileno())
@@ -1288,7 +1306,8 @@ def _open_stream(item: Any, name: Optional[str]) -> _Source:
         if not isinstance(given, str) or given.startswith("<"):
             raise ConfigError("name= is required for a file object without a file name")
         name = _clean_name(os.path.basename(given))
-    if isinstance(item, io.TextIOBase):
+    mode = getattr(item, "mode", "b")  # a text-mode SpooledTemporaryFile is no TextIOBase
+    if isinstance(item, io.TextIOBase) or (isinstance(mode, str) and "b" not in mode):
         raise ConfigError("%s is open in text mode: open it in binary mode ('rb')" % name)
     try:
         seekable = bool(item.seekable())
@@ -1341,13 +1360,13 @@ class _Throttle:
         self._next = 0.0
 
     def take(self, nbytes: int, cancel: _Cancel) -> None:
-        """Wait until `nbytes` more may be sent."""
+        """Wait until `nbytes` more may be sent: the end of their slot, so
+        that N bytes take N / rate seconds, not one block less."""
         with self._lock:
             now = time.monotonic()
-            start = max(now, self._next)
-            self._next = start + nbytes / self.rate
-        if start > now:
-            cancel.wait(start - now)
+            self._next = max(now, self._next) + nbytes / self.rate
+            wait = self._next - now
+        cancel.wait(wait)
 
 
 class _Payload:
@@ -1716,12 +1735,13 @@ class _API:
             started = time.monotonic()
             try:
                 resp = self._transport.exchange(method, self.base_url + path, headers, body,
-                                                cancel=cancel, max_body=_MAX_BODY, timeout=timeout)
+                                                cancel=cancel, max_body=_MAX_BODY, timeout=timeout,
+                                                fresh=not repeatable)
             except (OSError, http.client.HTTPException) as exc:
                 failure = self._lost(what, exc, cancel, APIError)
                 if isinstance(failure, _Retryable) and not (
                         repeatable or isinstance(exc, _ConnectFailed)):
-                    failure = APIError("%s; it may have been carried out: look before trying "
+                    failure = APIError("%s; it may have been created all the same: look before trying "
                                        "again" % failure.error)
                 raise failure from exc
             _log(_INFO, "%s -> %d (try %d, %.3f s)", what, resp.status, n,
@@ -2196,8 +2216,10 @@ class _Journal:
         self._lock = threading.Lock()
 
     @classmethod
-    def open(cls, directory: str, base_url: str, folder_id: str, path: str) -> _Journal:
-        """The journal of uploading `path` to `folder_id` at `base_url`, locked.
+    def open(cls, directory: str, base_url: str, folder_id: str, path: str,
+             name: str = "") -> _Journal:
+        """The journal of uploading `path` (as `name`) to `folder_id` at
+        `base_url`, locked: one path under two names is two uploads.
 
         Raises ConfigError if the directory cannot hold journals, or if another
         process is working on this upload.
@@ -2208,10 +2230,10 @@ class _Journal:
         directory = os.path.abspath(directory)
         path = os.path.abspath(path)
         _prepare_state_dir(directory)
-        key = json.dumps([base_url, folder_id, path]).encode("utf-8", "surrogatepass")
-        name = hashlib.sha256(key).hexdigest()[:32]
-        journal = cls(directory, name, _lock_journal(os.path.join(directory, name + ".lock"),
-                                                     path))
+        key = json.dumps([base_url, folder_id, path, name]).encode("utf-8", "surrogatepass")
+        digest = hashlib.sha256(key).hexdigest()[:32]
+        journal = cls(directory, digest, _lock_journal(os.path.join(directory, digest + ".lock"),
+                                                       path))
         journal._sweep()
         return journal
 
@@ -2381,9 +2403,11 @@ class _Job:
         self.batch: List[_Job] = []  # presigned (and so confirmed) together
         self.initiated = 0.0  # when the part URLs were handed out (monotonic)
         self.expired_tries = 0
-        #: Parts handed out before any part was stored: if one of them meets an
-        #: expired URL, the URLs were dead on arrival (a clock skew, a stall).
+        #: Parts handed out before this run stored any: if one of them meets an
+        #: expired URL, the URLs were dead on arrival (a clock skew, a stall, a
+        #: resumed journal's URLs that storage's clock calls dead).
         self.early: Set[Optional[int]] = set()
+        self.stored_here = 0
         self.restart = False  # its part URLs expired early: initiate again once idle
         self.expired_for_good = False
         self.journal: Optional[_Journal] = None  # with resume on, for a path
@@ -2490,7 +2514,7 @@ class _Transfer:
 
             self.pool = ThreadPoolExecutor(self.workers, "fileslink")
         job.inflight += 1
-        if not job.etags:
+        if not job.stored_here:
             job.early.add(number)
         self.futures[self.pool.submit(self._put, job, number)] = (job, number)
 
@@ -2564,7 +2588,7 @@ class _Transfer:
             step()
         except _RUN_FATAL:
             raise
-        except FilesLinkError as exc:
+        except (FilesLinkError, OSError) as exc:  # OSError: a journal or a source
             for job in jobs:
                 if job in self.open_uploads:
                     self._abort(job)
@@ -2579,19 +2603,26 @@ class _Transfer:
 
     def _initiate(self, job: _Job) -> None:
         if self._step([job], lambda: self._open_upload(job)):
-            self.parts.append(job)
+            if job.todo:
+                self.parts.append(job)
+            else:  # resumed with every part stored: only complete is left
+                self._settle(job)
 
     def _open_upload(self, job: _Job) -> None:
         path = job.source.path
-        if self.resume and path is not None and job.journal is None:
-            job.journal = _Journal.open(self.state_dir, self.api.base_url, self.folder, path)
-            job.plan = self._resumed_plan(job)
+        identity: Json = {}
+        if self.resume and path is not None:
+            identity = self._identity(job.source)
+            if job.journal is None:
+                job.journal = _Journal.open(self.state_dir, self.api.base_url, self.folder,
+                                            path, job.source.name)
+                job.plan = self._resumed_plan(job, identity)
         if job.plan is None:
             job.plan = self.api.initiate(self.folder, job.source, self.cancel)
             job.initiated = time.monotonic()
-            if job.journal is not None and path is not None:
+            if job.journal is not None:
                 job.journal.create(_journal_record(
-                    self.api.base_url, self.folder, _source_identity(path),
+                    self.api.base_url, self.folder, identity,
                     file_id=job.plan.file_id, upload_id=job.plan.upload_id, key=job.plan.key,
                     bucket=job.plan.bucket, name=job.source.name,
                     mime_type=job.source.mime_type, size=job.source.size,
@@ -2601,15 +2632,30 @@ class _Transfer:
                                      if n not in job.etags)
         self.open_uploads.add(job)
 
-    def _resumed_plan(self, job: _Job) -> Optional[_Plan]:
+    @staticmethod
+    def _identity(source: _Source) -> Json:
+        """The identity of the file a journal will name, which must be the
+        file opened: a path removed or replaced since would record (or
+        resume) another file's bytes."""
+        assert source.path is not None
+        try:
+            identity = _source_identity(source.path)
+        except OSError as exc:
+            raise SourceChangedError("%s is gone since it was opened (%s)"
+                                     % (source.name, exc.strerror or exc)) from None
+        if source.stamp() != (identity["inode"], identity["size"], identity["mtime_ns"]):
+            raise SourceChangedError("%s was replaced or modified since it was opened"
+                                     % source.name)
+        return identity
+
+    def _resumed_plan(self, job: _Job, identity: Json) -> Optional[_Plan]:
         """The plan a journal holds for this upload, if it may be continued;
         a journal that may not is aborted (best effort) and dropped."""
-        assert job.journal is not None and job.source.path is not None
+        assert job.journal is not None
         record = job.journal.load()
         if record is None:
             return None
-        reason = _resume_check(record, self.api.base_url, self.folder,
-                               _source_identity(job.source.path), time.time())
+        reason = _resume_check(record, self.api.base_url, self.folder, identity, time.time())
         if reason is None and (record["name"], record["mime_type"]) != (
                 job.source.name, job.source.mime_type):
             reason = "it was started under another name or type"
@@ -2620,6 +2666,7 @@ class _Transfer:
             job.journal.remove()
             return None
         job.etags = dict(record["etags"])
+        job.add_progress(sum(plan.span(n)[1] for n in job.etags))  # progress ends at the size
         job.initiated = time.monotonic() - max(0.0, time.time() - record["created"])
         _log(_WARNING, "%s: resuming: %d of %d parts already stored", job.source.name,
              len(job.etags), len(plan.urls))
@@ -2646,9 +2693,21 @@ class _Transfer:
             else:
                 if number is not None:
                     self._stored(job, number, etag)
+                else:
+                    self._sent_whole(job)
             self._settle(job)
         for job in list(self.open_uploads):
             self._warn_if_late(job)
+
+    def _sent_whole(self, job: _Job) -> None:
+        """A whole file is in: check it did not change, and close it now, not
+        when its batch is confirmed: 50 finished files must not hold 50
+        descriptors while the slowest of their batch is still sent."""
+        try:
+            job.source.check_unchanged()
+        except SourceChangedError as exc:
+            self._fail(job, exc)
+        job.source.close()
 
     def _stored(self, job: _Job, number: int, etag: str) -> None:
         """Count a part as stored: with resume on, only once its journal
@@ -2660,6 +2719,7 @@ class _Transfer:
                 self._fail(job, exc)
                 return
         job.etags[number] = etag
+        job.stored_here += 1
 
     def _settle(self, job: _Job) -> None:
         """Whatever a job's last reaped task leaves it ready for."""
@@ -2718,16 +2778,19 @@ class _Transfer:
                 _duration(lifetime[1]) if lifetime else "not stated"), 403, number))
 
     def _reinitiate(self, job: _Job) -> None:
-        _log(_INFO, "%s: part URLs expired before any part was stored; initiating again",
-             job.source.name)
+        if len(job.etags) > job.stored_here:  # resumed: the user must hear why not
+            _log(_WARNING, "%s: not resumed, uploading afresh: storage refused its part URLs "
+                 "as expired", job.source.name)
+        else:
+            _log(_INFO, "%s: part URLs expired before any part was stored; initiating again",
+                 job.source.name)
         self._abort(job, keep=False)
         job.restart, job.plan = False, None
-        job.etags, job.early = {}, set()
+        job.etags, job.early, job.stored_here = {}, set(), 0
         job.add_progress(-job.sent())
         job.cancel.detach()
         job.cancel = _Cancel(self.cancel)
-        if self._step([job], lambda: self._open_upload(job)):
-            self.parts.append(job)
+        self._initiate(job)
 
     def _warn_if_late(self, job: _Job) -> None:
         """Warn, once, when the rate so far says the last part cannot start
@@ -2750,12 +2813,6 @@ class _Transfer:
         if any(j.error is None and (j.inflight or j.todo) for j in batch):
             return  # some file of the batch is still queued or being sent
         good = [j for j in batch if j.error is None and self.results[j.index] is None]
-        for job in good:
-            try:
-                job.source.check_unchanged()
-            except SourceChangedError as exc:
-                self._finish(job, exc)
-        good = [j for j in good if j.error is None]
         if good and self._step(good, lambda: self.api.confirm([j.file_id for j in good],
                                                               self.cancel)):
             for job in good:
@@ -2833,6 +2890,22 @@ class _Transfer:
                 self.on_file_failed = True  # not called again while the run stops
                 raise
 
+    def _abort_all(self, jobs: List[_Job], timeout: Optional[float]) -> Dict[_Job, Optional[str]]:
+        """Abort every open upload at once: after Ctrl-C the user waits for
+        the slowest abort, not for the sum of them."""
+        failed: Dict[_Job, Optional[str]] = {}
+
+        def abort(job: _Job) -> None:
+            failed[job] = "the abort did not end"  # until it did
+            failed[job] = self._abort(job, timeout)
+
+        threads = [threading.Thread(target=abort, args=(job,), daemon=True) for job in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return failed
+
     def _stop(self, exc: BaseException) -> None:
         """The run ends early (Ctrl-C, SIGTERM, a fatal error, a closed
         stdout): stop every worker now, abort every multipart upload left
@@ -2841,8 +2914,7 @@ class _Transfer:
         for future in self.futures:
             future.cancel()  # 3.8 has no shutdown(cancel_futures=True)
         timeout = None if isinstance(exc, Exception) else _ABORT_TIMEOUT
-        failed = {job: self._abort(job, timeout)
-                  for job in sorted(self.open_uploads, key=lambda j: j.index)}
+        failed = self._abort_all(sorted(self.open_uploads, key=lambda j: j.index), timeout)
         for job in sorted(self.live, key=lambda j: j.index):
             text = "upload of %s stopped" % job.source.name
             aborted: Optional[bool] = None
@@ -2917,9 +2989,10 @@ class Client:
         key = os.environ.get(_ENV_KEY, "") if api_key is None else api_key
         if not isinstance(key, str) or not key:
             raise ConfigError("no API key: set %s to your files.link API key" % _ENV_KEY)
-        if _CONTROL.search(key) or key != key.strip():
-            raise ConfigError("the API key contains a newline, a control character or "
-                              "surrounding spaces; check how it was set")
+        if _CONTROL.search(key) or key != key.strip() or not key.isascii():
+            raise ConfigError("the API key contains a newline, a control character, "
+                              "surrounding spaces or characters that are not ASCII (quotes "
+                              "pasted from a page?); check how it was set")
         base = (base_url or os.environ.get(_ENV_BASE_URL) or _DEFAULT_BASE_URL).rstrip("/")
         parts = urllib.parse.urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
@@ -3005,7 +3078,10 @@ class Client:
         folder = self._folder(folder_id)
         src = _open_source(source, name, mime_type)
         transfer = self._transfer(folder, progress, link, None, False, resume)
-        results = transfer.execute([src])
+        try:
+            results = transfer.execute([src])
+        finally:
+            src.close()  # the engine closes what it admitted; not if it stopped before
         if transfer.failures:
             raise transfer.failures[0][2]
         return results[0]  # type: ignore[no-any-return]
