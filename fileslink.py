@@ -1863,7 +1863,7 @@ class _API:
         if etag[1:-1].lower() != sent:
             raise _Retryable(TransferError(
                 "%s: storage reports MD5 %s, the bytes sent have MD5 %s; if this storage's "
-                "ETags are not MD5s, upload with checksum=False (--no-checksum)"
+                "ETags are not MD5s, upload with checksum=False"
                 % (what, etag[1:-1].lower(), sent), resp.status, part))
 
 
@@ -2673,7 +2673,7 @@ class _Transfer:
         job.etags = dict(record["etags"])
         job.add_progress(sum(plan.span(n)[1] for n in job.etags))  # progress ends at the size
         job.initiated = time.monotonic() - max(0.0, time.time() - record["created"])
-        _log(_WARNING, "%s: resuming: %d of %d parts already stored", job.source.name,
+        _log(_INFO, "%s: resuming: %d of %d parts already stored", job.source.name,
              len(job.etags), len(plan.urls))
         return plan
 
@@ -3534,6 +3534,8 @@ def _describe(exc: BaseException) -> str:
         return "%s; check %s" % (text, _ENV_KEY)
     if _certificate_refused(exc):
         return "%s (if a proxy re-signs TLS, --ca-bundle FILE adds its CA)" % text
+    if "checksum=False" in text:
+        return "%s (--no-checksum)" % text
     return text
 
 

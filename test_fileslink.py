@@ -3922,6 +3922,14 @@ class TestEncryptedStorage(FakeTestCase):
         self.assertEqual(len(fake.storage_calls()), 2)
         self.assertEqual(fake.files[f.id].data, b"payload" * 100)
 
+    def test_the_cli_names_its_own_flag_for_a_checksum_that_never_matches(self) -> None:
+        self.set_env(key=True, folder=True)
+        self.fake.inject("storage", wrong_etag=True, times=5)
+        path, _ = self.make_file("bad.bin", 1000)
+        code, out, err = self.cli("upload", path)
+        self.assertEqual(code, 1, err)
+        self.assertIn("checksum=False (--no-checksum)", err)
+
     def test_a_genuine_md5_mismatch_is_retried_and_its_error_names_checksum_false(self) -> None:
         self.fake.inject("storage", wrong_etag=True, times=3)
         with self.assertRaises(fileslink.TransferError) as cm:
@@ -6909,6 +6917,8 @@ class TestReadme(FakeTestCase):
 
     def setUp(self):
         super().setUp()
+        # A journal of --resume or pending goes here, never to ~/.cache.
+        os.environ["FILESLINK_STATE_DIR"] = os.path.join(self.tmp, "state")
         self.work = os.path.join(self.tmp, "work")
         os.makedirs(os.path.join(self.work, "photos", "2024"))
         samples = {"report.pdf": 12288, "notes.txt": 6, "photos/beach.jpg": 300000,
