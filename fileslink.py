@@ -2415,6 +2415,7 @@ class _Job:
         self.stored_here = 0
         self.restart = False  # its part URLs expired early: initiate again once idle
         self.expired_for_good = False
+        self.lifetime: Optional[Tuple[float, float]] = None  # of its part URLs: (signed, s)
         self.journal: Optional[_Journal] = None  # with resume on, for a path
         self.warned = False
         self._progress = progress
@@ -2633,6 +2634,7 @@ class _Transfer:
                     mime_type=job.source.mime_type, size=job.source.size,
                     part_size=job.plan.part_size, urls=job.plan.urls, now=time.time()))
         job.file_id, job.s3_key = job.plan.file_id, job.plan.key
+        job.lifetime = _url_lifetime(job.plan.urls[-1])  # handed out together: one lifetime
         job.todo = collections.deque(n for n in range(1, len(job.plan.urls) + 1)
                                      if n not in job.etags)
         self.open_uploads.add(job)
@@ -2777,7 +2779,7 @@ class _Transfer:
             job.restart = True
             self._withdraw(job)  # the other parts' URLs are as old
             return
-        lifetime = _url_lifetime(job.plan.urls[(number or 1) - 1])
+        lifetime = job.lifetime
         job.expired_for_good = True  # a journal of dead URLs could not be resumed
         self._fail(job, TransferError(
             "the presigned URL of part %d of %s expired after the upload had run %s (the "
@@ -2804,7 +2806,7 @@ class _Transfer:
         """Warn, once, when the rate so far says the last part cannot start
         before the part URLs expire: better now than after hours."""
         assert job.plan is not None
-        lifetime = _url_lifetime(job.plan.urls[-1])
+        lifetime = job.lifetime
         elapsed = time.monotonic() - job.initiated
         if job.warned or lifetime is None or elapsed < 1.0:
             return

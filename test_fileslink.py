@@ -5756,21 +5756,6 @@ class TestSignals(FakeTestCase):
 # signals (issue 10 items 1-9; issue 9 items 4, 7, 10; issue 11's commands)
 # ---------------------------------------------------------------------------
 
-def run_cli(argv: List[str], stdin: Optional[bytes] = None) -> Tuple[int, str, str]:
-    """fileslink.main(argv) in this process, stdout and stderr captured
-    (neither is a terminal): (status, out, err). stdin: bytes for `-`."""
-    out, err = io.StringIO(), io.StringIO()
-    saved = sys.stdin
-    if stdin is not None:
-        sys.stdin = io.TextIOWrapper(io.BytesIO(stdin))
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status = fileslink.main(list(argv))
-    finally:
-        sys.stdin = saved
-    return status, out.getvalue(), err.getvalue()
-
-
 def _terminal_lines(raw: str) -> List[str]:
     """What a terminal shows, line by line, of what was written to it: a
     carriage return goes back to column 0, ESC [ K erases to the end of the
@@ -5969,7 +5954,7 @@ class TestCliSilence(CliCase):
     def test_a_failed_run_writes_one_line_per_failure_and_nothing_else(self) -> None:
         top = self.tree("good.txt", "refused.bin")
         self.fake.inject("storage", status=400, path_contains="refused.bin")
-        status, out, err = run_cli(["upload", top, os.path.join(self.tmp, "missing.txt")])
+        status, out, err = self.cli(*["upload", top, os.path.join(self.tmp, "missing.txt")])
         self.assertEqual(status, 1)
         self.assertEqual(len(out.splitlines()), 1)
         lines = err.splitlines()
@@ -5983,7 +5968,7 @@ class TestCliSilence(CliCase):
         path, _ = self.make_file("big.bin", 12 * MiB)
         self.fake.inject("storage", status=400, times=2)
         self.fake.inject("api", status=400, path_contains="abort")   # not retried: fast
-        status, out, err = run_cli(["upload", path, "--threshold", "6M", "-q"])
+        status, out, err = self.cli(*["upload", path, "--threshold", "6M", "-q"])
         self.assertEqual(status, 1, err)
         self.assertRegex(err, r"(?m)^fileslink: warning: could not abort ")
         self.assertRegex(err, r"(?m)^fileslink: error: big\.bin: ")
@@ -5994,13 +5979,13 @@ class TestCliReruns(CliCase):
 
     def test_skip_existing_skips_what_matches_by_name_and_size_and_uploads_the_rest(self) -> None:
         top = self.tree("same.txt", "grown.txt", "sub/same.txt")
-        status, out, err = run_cli(["upload", top])
+        status, out, err = self.cli(*["upload", top])
         self.assertEqual(status, 0, err)
         first = {f.name: f.id for f in self.fake.files.values()}
         with open(os.path.join(top, "grown.txt"), "ab") as f:
             f.write(b"more")
         self.make_file("tree/new.txt", 10)
-        status, out, err = run_cli(["upload", top, "--skip-existing"])
+        status, out, err = self.cli(*["upload", top, "--skip-existing"])
         self.assertEqual((status, err), (0, ""))
         lines = sorted(out.splitlines())
         self.assertEqual(lines[2:], sorted(["same.txt skipped (%s)" % first["same.txt"],
@@ -6012,10 +5997,10 @@ class TestCliReruns(CliCase):
 
     def test_skip_existing_json_marks_the_skipped_file_with_its_existing_id(self) -> None:
         path, _ = self.make_file("a.txt", 100)
-        status, out, _ = run_cli(["upload", path, "--json"])
+        status, out, _ = self.cli(*["upload", path, "--json"])
         uploaded = json.loads(out)
         self.assertNotIn("skipped", uploaded)
-        status, out, err = run_cli(["upload", path, "--json", "--skip-existing"])
+        status, out, err = self.cli(*["upload", path, "--json", "--skip-existing"])
         self.assertEqual(status, 0, err)
         (record,) = [json.loads(line) for line in out.splitlines()]
         self.assertEqual(record, dict(uploaded, skipped=True))
@@ -6023,11 +6008,11 @@ class TestCliReruns(CliCase):
 
     def test_dry_run_lists_what_would_go_and_calls_nothing_but_the_listing(self) -> None:
         there, _ = self.make_file("tree/there.txt", 100)
-        run_cli(["upload", there])
+        self.cli(*["upload", there])
         self.make_file("tree/big.bin", 7 * MiB)
         self.make_file("tree/.env", 5)
         mark = len(self.fake.log)
-        status, out, err = run_cli(["upload", os.path.join(self.tmp, "tree"), "--dry-run",
+        status, out, err = self.cli(*["upload", os.path.join(self.tmp, "tree"), "--dry-run",
                                     "--skip-existing", "--threshold", "6M"])
         self.assertEqual((status, err), (0, ""))
         (there_id,) = self.fake.files
@@ -6041,7 +6026,7 @@ class TestCliReruns(CliCase):
 
     def test_dry_run_json_says_what_each_file_would_do(self) -> None:
         top = self.tree("a.txt", "b.tmp")
-        status, out, err = run_cli(["upload", top, "--dry-run", "--json", "--exclude", "*.tmp"])
+        status, out, err = self.cli(*["upload", top, "--dry-run", "--json", "--exclude", "*.tmp"])
         self.assertEqual(status, 0, err)
         records = [json.loads(line) for line in out.splitlines()]
         self.assertEqual(records, [
@@ -6057,7 +6042,7 @@ class TestCliFilters(CliCase):
     NAMES = ("a.jpg", "b.txt", "sub/c.jpg", "sub/d.txt", ".env", "sub/.cache/e.jpg")
 
     def chosen(self, *rules: str) -> List[str]:
-        status, out, err = run_cli(["upload", self.tree(*self.NAMES), "--dry-run", "--json"]
+        status, out, err = self.cli(*["upload", self.tree(*self.NAMES), "--dry-run", "--json"]
                                    + list(rules))
         self.assertEqual(status, 0, err)
         return sorted(r["name"] for r in map(json.loads, out.splitlines()) if not r.get("excluded"))
@@ -6076,12 +6061,12 @@ class TestCliFilters(CliCase):
     def test_filters_choose_what_is_uploaded_and_apply_to_files_named_directly(self) -> None:
         top = self.tree("keep.txt", "drop.log")
         loose, _ = self.make_file("loose.log", 10)
-        status, out, err = run_cli(["upload", top, loose, "--exclude", "*.log"])
+        status, out, err = self.cli(*["upload", top, loose, "--exclude", "*.log"])
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(sorted(self.stored()), ["keep.txt"])
 
     def test_everything_excluded_is_one_notice_and_status_0(self) -> None:
-        status, out, err = run_cli(["upload", self.tree("a.txt"), "--exclude", "*"])
+        status, out, err = self.cli(*["upload", self.tree("a.txt"), "--exclude", "*"])
         self.assertEqual((status, out), (0, ""))
         self.assertEqual(err, "fileslink: nothing to upload: 1 excluded by --exclude/--include\n")
 
@@ -6116,7 +6101,7 @@ class TestCliPipes(CliCase):
     def test_an_empty_directory_is_status_0_with_one_notice(self) -> None:
         empty = os.path.join(self.tmp, "empty")
         os.mkdir(empty)
-        status, out, err = run_cli(["upload", empty])
+        status, out, err = self.cli(*["upload", empty])
         self.assertEqual((status, out), (0, ""))
         self.assertEqual(err, "fileslink: nothing to upload: no files in %s\n" % empty)
         self.assertEqual(self.fake.log, [])
@@ -6131,12 +6116,12 @@ class TestCliArguments(CliCase):
                      ["upload", path, "--json", "--folder", other],
                      ["-q", "--json", "upload", "--folder", other, path]):
             with self.subTest(argv=argv):
-                status, out, err = run_cli(argv)
+                status, out, err = self.cli(*argv)
                 self.assertEqual((status, err), (0, ""))
                 self.assertEqual(self.fake.files[json.loads(out)["id"]].folder_id, other)
         for argv in (["-v", "ls", other], ["ls", other, "-v"]):
             with self.subTest(argv=argv):
-                status, out, err = run_cli(argv)
+                status, out, err = self.cli(*argv)
                 self.assertEqual(status, 0, err)
                 self.assertEqual(len(out.splitlines()), 3)
 
@@ -6147,7 +6132,7 @@ class TestCliArguments(CliCase):
                               (["ls", "--jso"], "ls"), (["--verb", "ls"], "ls"),
                               (["rm", "--force", "x"], "rm")):
             with self.subTest(argv=argv):
-                status, out, err = run_cli(argv)
+                status, out, err = self.cli(*argv)
                 self.assertEqual((status, out), (2, ""))
                 self.assertTrue(err.startswith("usage: fileslink %s " % command), err)
                 self.assertRegex(err.splitlines()[-1],
@@ -6163,12 +6148,12 @@ class TestCliArguments(CliCase):
                  (["rm", "no-such-id"], 1), (["link", "no-such-id"], 1)]
         for argv, expected in cases:
             with self.subTest(argv=argv):
-                status, out, err = run_cli(argv)
+                status, out, err = self.cli(*argv)
                 self.assertEqual(status, expected, err)
                 self.assertRegex(err.splitlines()[-1], r"^fileslink: error: \S")
                 self.assertNotIn("Traceback", err)
         del os.environ["FILESLINK_FOLDER"]
-        status, _, err = run_cli(["upload", path])
+        status, _, err = self.cli(*["upload", path])
         self.assertEqual((status, err.count("\n")), (2, 1))
         self.assertRegex(err, r"^fileslink: error: no folder: pass --folder ID or set FILESLINK_FOLDER")
 
@@ -6188,31 +6173,31 @@ class TestCliArguments(CliCase):
 
     def test_ls_defaults_to_FILESLINK_FOLDER_and_speaks_upload_jsons_names(self) -> None:
         path, _ = self.make_file("a.txt", 10)
-        _, out, _ = run_cli(["upload", path, "--json"])
+        _, out, _ = self.cli(*["upload", path, "--json"])
         uploaded = json.loads(out)
-        status, out, err = run_cli(["ls", "--json"])
+        status, out, err = self.cli(*["ls", "--json"])
         self.assertEqual(status, 0, err)
         (listed,) = [json.loads(line) for line in out.splitlines()]
         for key in ("id", "name", "size", "mimeType", "s3Key"):
             self.assertEqual(listed[key], uploaded[key], key)
         self.assertNotIn("fileName", listed)
-        status, out, err = run_cli(["ls"])
+        status, out, err = self.cli(*["ls"])
         self.assertEqual(out.split(), [uploaded["id"], "10", "a.txt"])
 
     def test_v_shows_each_file_and_api_call_and_vv_each_request(self) -> None:
         path, _ = self.make_file("v.txt", 10)
-        status, _, err = run_cli(["upload", path, "-v"])
+        status, _, err = self.cli(*["upload", path, "-v"])
         self.assertEqual(status, 0, err)
         self.assertRegex(err, r"(?m)^fileslink: info: uploaded v\.txt as ")
         self.assertRegex(err, r"(?m)^fileslink: info: POST /v1/files/\S+ -> 200")
         self.assertNotIn("PUT", err)
-        status, _, err = run_cli(["upload", path, "-vv"])
+        status, _, err = self.cli(*["upload", path, "-vv"])
         self.assertRegex(err, r"(?m)^fileslink: debug: PUT v\.txt to http://127\.0\.0\.1:\d+/")
 
     def test_allow_insecure_is_the_cli_way_to_plain_http_to_a_remote_host(self) -> None:
         # 127.1 reaches the fake, yet is not a loopback name the client knows.
         os.environ["FILESLINK_BASE_URL"] = self.fake.base_url.replace("127.0.0.1", "127.1")
-        status, out, err = run_cli(["ls"])
+        status, out, err = self.cli(*["ls"])
         self.assertEqual(status, 2)
         self.assertRegex(err, r"^fileslink: error: refusing plain http to 127\.1")
         self.assertIn("FILESLINK_ALLOW_INSECURE", err)
@@ -6220,7 +6205,7 @@ class TestCliArguments(CliCase):
                           (["ls"], {"FILESLINK_ALLOW_INSECURE": "1"})):
             with self.subTest(argv=argv, env=env):
                 os.environ.update(env)
-                self.assertEqual(run_cli(argv)[0], 0)
+                self.assertEqual(self.cli(*argv)[0], 0)
 
     @unittest.skipUnless(shutil.which("openssl"), "needs openssl to make a certificate")
     def test_a_refused_certificate_gets_the_cli_hint_to_add_a_ca(self) -> None:
@@ -6241,7 +6226,7 @@ class TestCliArguments(CliCase):
         server = threading.Thread(target=handshake_once, daemon=True)
         server.start()
         os.environ["FILESLINK_BASE_URL"] = "https://127.0.0.1:%d" % listener.getsockname()[1]
-        status, out, err = run_cli(["ls"])
+        status, out, err = self.cli(*["ls"])
         server.join(10)
         self.assertEqual(status, 1, err)
         self.assertRegex(err, r"^fileslink: error: .*certificate verify failed.*"
@@ -6250,7 +6235,7 @@ class TestCliArguments(CliCase):
     def test_bwlimit_takes_a_rate_with_a_suffix_and_refuses_others(self) -> None:
         path, data = self.make_file("a.bin", 128 * 1024)
         started = time.monotonic()
-        status, out, err = run_cli(["upload", path, "--bwlimit", "128K"])
+        status, out, err = self.cli(*["upload", path, "--bwlimit", "128K"])
         elapsed = time.monotonic() - started
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(self.stored(), {"a.bin": data})
@@ -6259,7 +6244,7 @@ class TestCliArguments(CliCase):
         self.assertGreater(elapsed, 0.8)
         for bad in ("fast", "0", "-1K"):
             with self.subTest(rate=bad):
-                status, _, err = run_cli(["upload", path, "--bwlimit", bad])
+                status, _, err = self.cli(*["upload", path, "--bwlimit", bad])
                 self.assertEqual(status, 2)
                 self.assertIn("--bwlimit", err)
 
@@ -6289,7 +6274,7 @@ class TestCliTrees(CliCase):
         elsewhere = os.path.dirname(self.make_file("elsewhere/x.txt", 10)[0])
         os.symlink(elsewhere, os.path.join(top, "linked"))
         os.symlink(".", os.path.join(top, "linked-up"))     # a loop: tree/linked-up -> tree
-        status, out, err = run_cli(["upload", top])
+        status, out, err = self.cli(*["upload", top])
         self.assertEqual(status, 0, err)
         self.assertEqual(err, "fileslink: warning: skipped %s/linked-up: a link to a directory "
                          "above it (a loop)\n" % top)
@@ -6298,7 +6283,7 @@ class TestCliTrees(CliCase):
     def test_a_dangling_link_is_one_failure_and_the_rest_is_uploaded(self) -> None:
         top = self.tree("a.txt")
         os.symlink("nowhere", os.path.join(top, "dangling"))
-        status, out, err = run_cli(["upload", top])
+        status, out, err = self.cli(*["upload", top])
         self.assertEqual(status, 1)
         self.assertEqual(err, "fileslink: error: %s/dangling: No such file or directory\n" % top)
         self.assertEqual(sorted(self.stored()), ["a.txt"])
@@ -6360,7 +6345,7 @@ class TestCliSignals(CliCase):
         path, _ = self.make_file("small.txt", 1000)
         self.fake.inject("storage", delay=30)               # its PUT stalls
         self.once_answered("api", self.interrupt)           # presigned: a single-part upload
-        status, out, err = run_cli(["upload", path])
+        status, out, err = self.cli(*["upload", path])
         self.assertEqual((status, out, err), (130, "", "fileslink: interrupted\n"))
 
     @unittest.skipUnless(os.name == "posix", "sends SIGINT")
@@ -6370,7 +6355,7 @@ class TestCliSignals(CliCase):
         self.fake.inject("storage", delay=30)
         self.fake.inject("api", status=500, times=20, path_contains="abort")
         self.once_answered("storage", self.interrupt)
-        status, out, err = run_cli(["upload", path, "--threshold", "256K", "--workers", "2"])
+        status, out, err = self.cli(*["upload", path, "--threshold", "256K", "--workers", "2"])
         self.assertEqual(status, 130, err)
         self.assertNotIn("aborted\n", err)
         self.assertRegex(err.splitlines()[-1],
@@ -6379,7 +6364,7 @@ class TestCliSignals(CliCase):
 
     def test_main_puts_the_sigterm_handler_back(self) -> None:
         before = signal.getsignal(signal.SIGTERM)
-        run_cli(["ls"])
+        self.cli(*["ls"])
         self.assertIs(signal.getsignal(signal.SIGTERM), before)
 
 
@@ -6392,7 +6377,7 @@ class TestCliResume(CliCase):
         """A 1 MiB file (16 parts) whose --resume upload failed after part 1."""
         path, data = self.make_file(name, 1 * MiB, seed=seed)
         self.once_answered("storage", lambda: self.fake.inject("storage", status=400))
-        status, out, err = run_cli(["upload", path, "--resume", "--threshold", "256K",
+        status, out, err = self.cli(*["upload", path, "--resume", "--threshold", "256K",
                                     "--workers", "1"])
         self.assertEqual((status, out), (1, ""), err)
         return path, data
@@ -6401,35 +6386,35 @@ class TestCliResume(CliCase):
         path, data = self.kept_upload("big.bin", seed=1)
         (up,) = self.fake.multipart.values()
         self.assertEqual((up.state, sorted(up.parts)), ("open", [1]))
-        status, out, err = run_cli(["pending"])
+        status, out, err = self.cli(*["pending"])
         self.assertEqual(status, 0, err)
         self.assertRegex(out, r"^%s  1/16 parts  1\.0 MiB  expires \d{4}-\d\d-\d\d \d\d:\d\d UTC  "
                          r"big\.bin\n$" % up.file_id)
-        status, out, err = run_cli(["pending", "--json"])
+        status, out, err = self.cli(*["pending", "--json"])
         record = json.loads(out)
         self.assertEqual((record["id"], record["name"], record["size"], record["partsDone"],
                           record["partsTotal"]), (up.file_id, "big.bin", 1 * MiB, 1, 16))
         mark = len(self.fake.log)
-        status, out, err = run_cli(["upload", path, "--resume", "--threshold", "256K"])
+        status, out, err = self.cli(*["upload", path, "--resume", "--threshold", "256K"])
         self.assertEqual(status, 0, err)
         self.assertEqual(sum(r.plane == "storage" for r in self.fake.log[mark:]), 15)
         self.assertEqual(self.stored(), {"big.bin": data})
-        self.assertEqual(run_cli(["pending"])[1], "")
+        self.assertEqual(self.cli(*["pending"])[1], "")
 
     def test_abort_takes_ids_or_all_and_says_which_it_did_not_find(self) -> None:
         self.kept_upload("one.bin", seed=1)
         self.kept_upload("two.bin", seed=2)
         ids = {up.file_id: up for up in self.fake.multipart.values()}
         first, second = sorted(ids)
-        status, out, err = run_cli(["abort", first, "no-such-id"])
+        status, out, err = self.cli(*["abort", first, "no-such-id"])
         self.assertEqual((status, out), (1, "aborted %s\n" % first))
         self.assertRegex(err, r"^fileslink: error: no-such-id: no such pending upload")
         self.assertEqual(ids[first].state, "aborted")
-        status, out, err = run_cli(["abort", "--all", "--json"])
+        status, out, err = self.cli(*["abort", "--all", "--json"])
         self.assertEqual((status, err), (0, ""))
         self.assertEqual(json.loads(out), {"id": second, "aborted": True})
         self.assertEqual(ids[second].state, "aborted")
-        self.assertEqual(run_cli(["pending"])[1], "")
+        self.assertEqual(self.cli(*["pending"])[1], "")
 
     @unittest.skipUnless(os.name == "posix", "sends SIGINT")
     def test_ctrl_c_with_resume_keeps_the_upload_and_says_how_to_go_on(self) -> None:
@@ -6437,13 +6422,13 @@ class TestCliResume(CliCase):
         path, _ = self.make_file("big.bin", 1 * MiB)
         self.fake.inject("storage", delay=30)               # part 1 stalls
         self.once_answered("storage", self.interrupt)       # part 2 is in
-        status, out, err = run_cli(["upload", path, "--resume", "--threshold", "256K",
+        status, out, err = self.cli(*["upload", path, "--resume", "--threshold", "256K",
                                     "--workers", "2"])
         self.assertEqual(status, 130, err)
         self.assertEqual(err.splitlines()[-1], "fileslink: interrupted; the same command "
                          "continues what was kept (`fileslink pending` lists it)")
         self.assertEqual([u.state for u in self.fake.multipart.values()], ["open"])
-        self.assertIn("big.bin", run_cli(["pending"])[1])
+        self.assertIn("big.bin", self.cli(*["pending"])[1])
 
 
 class TestCliEncoding(CliCase):
