@@ -95,6 +95,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:  # typing costs import time; annotations are strings anyway
     import ssl
     from concurrent.futures import Future, ThreadPoolExecutor
+    from queue import SimpleQueue
     from typing import (
         Any,
         BinaryIO,
@@ -1091,6 +1092,9 @@ class _Transport:
             via = " for %s" % conn.origin[1] if conn.proxy else ""
             raise _ConnectFailed("cannot connect to %s%s: %s" % (
                 where, via, _clip(str(exc) or type(exc).__name__))) from exc
+        # A stop that came while h.sock was still None shut nothing down: it
+        # must be seen now, or the request would wait its whole timeout.
+        cancel.check()
 
     def _once(self, conn: _Conn, target: str, method: str, headers: Dict[str, str],
               body: Any, max_body: int, limit: float) -> _Response:
@@ -1725,7 +1729,9 @@ class _API:
 
         def attempt(n: int) -> Json:
             wait = self._gate.reserve()
-            while wait > 0:
+            # A stopping run's abort (`timeout` set) is sent without waiting for
+            # the budget: the user is leaving; a 429 leaves it reported unaborted.
+            while wait > 0 and timeout is None:
                 if wait > _MAX_WAIT:
                     raise RateLimitError("%s: the API's rate limit resets in %.0f s, longer "
                                          "than the %.0f s fileslink waits" % (what, wait, _MAX_WAIT))
@@ -2464,6 +2470,14 @@ class _Transfer:
         self.pool: Optional[ThreadPoolExecutor] = None
         #: Tasks handed to a worker: at most `workers`, and the only record of them.
         self.futures: Dict[Future[str], Tuple[_Job, Optional[int]]] = {}
+        # Each task, once done, is put here by its worker.  Not
+        # concurrent.futures.wait(): it takes the futures' locks one by one in
+        # Python code, and a Ctrl-C or SIGTERM raised between two of them left
+        # a lock held, so a worker's set_result, and so the exit, hung for good.
+        # SimpleQueue.get is C code: a signal interrupts it cleanly.
+        import queue
+
+        self.done: SimpleQueue[Future[str]] = queue.SimpleQueue()
         self.singles: Deque[_Job] = collections.deque()  # presigned, not yet handed out
         self.parts: Deque[_Job] = collections.deque()  # initiated, parts not all handed out
         self.waiting: Deque[_Job] = collections.deque()  # big files opened, not yet initiated
@@ -2522,7 +2536,9 @@ class _Transfer:
         job.inflight += 1
         if not job.stored_here:
             job.early.add(number)
-        self.futures[self.pool.submit(self._put, job, number)] = (job, number)
+        future = self.pool.submit(self._put, job, number)
+        self.futures[future] = (job, number)
+        future.add_done_callback(self.done.put)
 
     def _put(self, job: _Job, number: Optional[int]) -> str:
         """Runs in a worker: one PUT, retried; the ETag."""
@@ -2683,9 +2699,15 @@ class _Transfer:
 
     def _reap(self) -> None:
         """Wait for some task to end and act on what it means."""
-        from concurrent.futures import FIRST_COMPLETED, CancelledError, wait
+        import queue
+        from concurrent.futures import CancelledError
 
-        done, _ = wait(list(self.futures), timeout=1.0, return_when=FIRST_COMPLETED)
+        try:
+            done = [self.done.get(timeout=1.0)]
+        except queue.Empty:
+            done = []
+        while not self.done.empty():
+            done.append(self.done.get())
         for future in done:
             job, number = self.futures.pop(future)
             job.inflight -= 1

@@ -3142,6 +3142,26 @@ class TestMultipartAbort(FolderInEnvCase):
         self.assertEqual(self.fake.api_calls("/multipart/complete"), [])
         self.join_workers()                           # none is left sending
 
+    def test_ctrl_c_aborts_at_once_when_the_rate_limit_budget_is_spent(self) -> None:
+        path = self.stalled_multipart_file(seed=13)
+        # The initiate's answer says no call is left for 30 s: the abort is
+        # sent all the same, not after the user waited out the window.
+        self.fake.inject("api", headers={"RateLimit": '"100-in-1min"; r=0; t=30'},
+                         path_contains="initiate")
+        sent: List[float] = []
+
+        def progress(name: str, done: int, total: int) -> None:
+            if not sent:
+                sent.append(time.monotonic())
+                signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        with self.assertRaises(KeyboardInterrupt):
+            self.client(max_workers=2, timeout=60).upload(path, progress=progress)
+        self.assertLess(time.monotonic() - sent[0], 10)   # generous: a wait would be 30 s
+        (up,) = self.fake.multipart.values()
+        self.assertEqual(up.state, "aborted")
+        self.join_workers()
+
 
 class TestPartFailingForGood(FolderInEnvCase):
     """64 KiB parts, and 20 ms of latency per request: the failure is known
