@@ -3209,11 +3209,13 @@ class TestCtrlCWithManyUploads(SmallPartsResumeCase):
                 sent.append(time.monotonic())
                 signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
-        with self.assertRaises(KeyboardInterrupt):
+        with self.assertRaises(KeyboardInterrupt), self.assertLogs("fileslink", "WARNING") as logs:
             self.big_client(max_workers=8, timeout=10).upload_many(paths, self.fake.folder_id,
                                                                    progress=progress)
         self.assertEqual(len(sent), 1)
         self.assertLess(time.monotonic() - sent[0], 2)
+        # Each stalled abort gave up after its short try, and said so.
+        self.assertEqual(len([r for r in logs.output if "could not abort" in r]), 4, logs.output)
 
 
 # ---------------------------------------------------------------------------
