@@ -74,21 +74,9 @@ import urllib.parse
 __version__ = "0.1.0"
 
 __all__ = [
-    "APIError",
-    "AuthError",
-    "Client",
-    "ConfigError",
-    "FilesLinkError",
-    "PendingUpload",
-    "ProtocolError",
-    "RateLimitError",
-    "Retry",
-    "SourceChangedError",
-    "TransferError",
-    "UploadManyError",
-    "UploadedFile",
-    "main",
-    "upload",
+    "APIError", "AuthError", "Client", "ConfigError", "FilesLinkError", "PendingUpload",
+    "ProtocolError", "RateLimitError", "Retry", "SourceChangedError", "TransferError",
+    "UploadManyError", "UploadedFile", "main", "upload",
 ]
 
 TYPE_CHECKING = False
@@ -97,20 +85,8 @@ if TYPE_CHECKING:  # typing costs import time; annotations are strings anyway
     from concurrent.futures import Future, ThreadPoolExecutor
     from queue import SimpleQueue
     from typing import (
-        Any,
-        BinaryIO,
-        Callable,
-        Deque,
-        Dict,
-        Iterable,
-        Iterator,
-        List,
-        Optional,
-        Sequence,
-        Set,
-        Tuple,
-        TypeVar,
-        Union,
+        Any, BinaryIO, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence,
+        Set, Tuple, TypeVar, Union,
     )
 
     T = TypeVar("T")
