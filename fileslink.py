@@ -3908,27 +3908,26 @@ def _dry_run(client: Client, folder: str, args: Any, screen: _Screen,
     only the folder's listing, for --skip-existing (the index the library
     skips by)."""
     existing = _index_existing(client.list_files(folder)) if args.skip_existing else {}
-    counts = {"to upload": 0, "to skip": 0, "excluded": 0}
+    counts = {"upload": 0, "skip": 0, "exclude": 0}
     for entry in found:
         name, _, size = entry
         there = existing.get((name, size)) if size is not None else None
+        record: Json = {"name": name, "size": size, "dryRun": True}
         if _excluded(entry, args.rules):
-            counts["excluded"] += 1
-            screen.result({"name": name, "size": size, "dryRun": True, "excluded": True},
-                          "%s excluded" % name)
+            verb, line = "exclude", "%s excluded" % name
+            record["excluded"] = True
         elif there is not None:
-            counts["to skip"] += 1
-            screen.result(dict(there.to_dict(), skipped=True, dryRun=True),
-                          "%s would be skipped (%s)" % (name, there.id))
+            verb, line = "skip", "%s would be skipped (%s)" % (name, there.id)
+            record = dict(there.to_dict(), skipped=True, dryRun=True)
         else:
-            counts["to upload"] += 1
             shown = "size unknown" if size is None else _human(size)
-            screen.result({"name": name, "size": size, "dryRun": True,
-                           "mimeType": _guess_mime(name)},
-                          "%s would be uploaded (%s)" % (name, shown))
+            verb, line = "upload", "%s would be uploaded (%s)" % (name, shown)
+            record["mimeType"] = _guess_mime(name)
+        counts[verb] += 1
+        screen.result(record, line)
     if screen.live:
-        screen.message("dry run: %d to upload, %d to skip, %d excluded"
-                       % (counts["to upload"], counts["to skip"], counts["excluded"]))
+        screen.message("dry run: %(upload)d to upload, %(skip)d to skip, %(exclude)d excluded"
+                       % counts)
 
 
 def _cmd_ls(client: Client, args: Any, screen: _Screen) -> None:
