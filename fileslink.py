@@ -3717,16 +3717,14 @@ def _parser() -> Any:
         "pg_dump db | fileslink upload - --name db.sql"],
         "Upload files; a directory uploads every file under it, named by its path "
         "below the directory.")
-    up.add_argument("paths", nargs="+", metavar="PATH",
-                    help="a file, a directory, or - for stdin")
+    up.add_argument("paths", nargs="+", metavar="PATH", help="a file, a directory, or - for stdin")
     up.add_argument("--name", help="the name to give the file (required with -)")
     up.add_argument("--link", action="store_true", help="create permanent links and print them")
     up.add_argument("--workers", type=positive(_whole, "--workers"), default=8, metavar="N",
                     help="parallel PUTs, files or parts (8)")
-    up.add_argument("--threshold", type=positive(_parse_size, "--threshold"),
-                    default=100 << 20, metavar="SIZE",
-                    help="files of SIZE or more go multipart: in parts, sent in parallel "
-                    "(100M; K, M, G suffixes)")
+    up.add_argument("--threshold", type=positive(_parse_size, "--threshold"), default=100 << 20,
+                    metavar="SIZE", help="files of SIZE or more go multipart: in parts, sent "
+                    "in parallel (100M; K, M, G suffixes)")
     up.add_argument("--no-checksum", action="store_true",
                     help="skip the MD5 comparison with storage's ETag (faster)")
     up.add_argument("--skip-existing", action="store_true",
@@ -3794,7 +3792,8 @@ def _folder(args: Any) -> str:
 
 
 def _client(args: Any) -> Client:
-    options: Dict[str, Any] = {}
+    # allow_insecure None: the library reads FILESLINK_ALLOW_INSECURE
+    options: Dict[str, Any] = {"allow_insecure": args.allow_insecure or None}
     if args.ca_bundle:
         import ssl
 
@@ -3804,8 +3803,6 @@ def _client(args: Any) -> Client:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError("--ca-bundle %s: %s" % (args.ca_bundle, exc)) from None
         options["ssl_context"] = context
-    if args.allow_insecure:  # otherwise the library reads FILESLINK_ALLOW_INSECURE
-        options["allow_insecure"] = True
     if args.command == "upload":
         options.update(max_workers=args.workers, multipart_threshold=args.threshold,
                        checksum=not args.no_checksum, max_bandwidth=args.bwlimit)
@@ -3846,14 +3843,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _stop_line(exc: BaseException, stopped: List[_Stopped], args: Any) -> str:
     """The one line a stop ends with: what was aborted, what was kept."""
     line = "fileslink: %s" % ("terminated" if isinstance(exc, _Terminated) else "interrupted")
-    aborted = sum(1 for s in stopped if s.aborted is True)
-    failed = sum(1 for s in stopped if s.aborted is False)
+    outcomes = [s.aborted for s in stopped]  # None: nothing to abort, or kept to resume
+    aborted, failed = outcomes.count(True), outcomes.count(False)
     if aborted:
-        line += "; %d unfinished multipart upload%s aborted" % (
-            aborted, "" if aborted == 1 else "s")
+        line += "; %d unfinished multipart upload%s aborted" % (aborted, "" if aborted == 1 else "s")
     if failed:
         line += "; %d could not be aborted (see above)" % failed
-    if getattr(args, "resume", False) and any(s.aborted is None for s in stopped):
+    if getattr(args, "resume", False) and None in outcomes:
         line += "; the same command continues what was kept (`fileslink pending` lists it)"
     return line
 
