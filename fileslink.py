@@ -3319,63 +3319,63 @@ def _write(stream: Any, text: str) -> None:
     except UnicodeEncodeError:
         encoding = getattr(stream, "encoding", None) or "ascii"
         stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, OSError):  # no isatty, or closed
-        return False
-
-
-def _columns(stream: Any) -> int:
-    """The terminal's width: $COLUMNS if set (as shutil has it), else the
-    width of the terminal the stream writes to, else 80."""
-    try:
-        columns = int(os.environ["COLUMNS"])
-    except (KeyError, ValueError):
-        try:
-            columns = os.get_terminal_size(stream.fileno()).columns
-        except (AttributeError, ValueError, OSError):
-            columns = 0
-    return columns if columns > 0 else 80  # 0: a terminal that does not say
+    stream.flush()
 
 
 class _Screen:
-    """Every write of the CLI. Results go to stdout, messages to stderr; on
-    a terminal, the progress line is cleared before either, so no line
-    ever holds both, and the next update draws it again. With TERM=dumb it
-    is cleared with spaces instead of escape codes."""
+    """Every write of the CLI. Results go to stdout, a line or (--json) a
+    JSON object each; messages to stderr. On a terminal, the progress line
+    is cleared before either, so no line ever holds both, and the next
+    update draws it again; with TERM=dumb it is cleared with spaces instead
+    of escape codes. Error lines are counted: one makes the exit status 1."""
 
-    def __init__(self, out: Any, err: Any) -> None:
-        self.out, self.err = out, err
-        self.tty = _isatty(err)
+    def __init__(self, out: Any, err: Any, as_json: bool, quiet: bool) -> None:
+        self.out, self.err, self._json = out, err, as_json
+        try:
+            tty = bool(err.isatty())
+        except (AttributeError, ValueError, OSError):  # no isatty, or closed
+            tty = False
+        self.live = tty and not quiet  # whether to draw progress and summaries
         self._ansi = os.environ.get("TERM", "") != "dumb"
         self._drawn = 0  # the width of the progress line on screen; 0: none
         self._lock = threading.RLock()  # one writer at a time: workers draw progress
+        self.errors = 0
         self.stopped: List[_Stopped] = []  # the files a stop cut short
 
-    def result(self, text: str) -> None:
-        """One line on stdout; a closed stdout stops the run (_StdoutClosed)."""
+    def result(self, record: Json, line: str) -> None:
+        """A closed stdout stops the run (_StdoutClosed)."""
+        import json
+
         with self._lock:
             self.clear()
             try:
-                _write(self.out, text + "\n")
-                self.out.flush()
+                _write(self.out, (json.dumps(record) if self._json else line) + "\n")
             except BrokenPipeError:
                 raise _StdoutClosed() from None
 
     def message(self, text: str) -> None:
-        """One line on stderr: an error, a warning, a notice, a summary."""
         with self._lock:
             self.clear()
             self._err(text + "\n")
 
-    def status(self, text: str) -> None:
-        """Draw the progress line, cut to the terminal's width (the last
-        column is left free: some terminals wrap when it is written)."""
+    def error(self, text: str) -> None:
         with self._lock:
-            text = text[:_columns(self.err) - 1]
+            self.errors += 1
+            self.message("fileslink: error: " + text)
+
+    def status(self, text: str) -> None:
+        """Draw the progress line, cut to the terminal's width: $COLUMNS if
+        set (as shutil has it), else the width of the terminal, else 80. The
+        last column is left free: some terminals wrap when it is written."""
+        try:
+            columns = int(os.environ["COLUMNS"])
+        except (KeyError, ValueError):
+            try:
+                columns = os.get_terminal_size(self.err.fileno()).columns
+            except (AttributeError, ValueError, OSError):
+                columns = 0  # as a terminal that does not say
+        with self._lock:
+            text = text[:(columns if columns > 0 else 80) - 1]
             tail = "\x1b[K" if self._ansi else " " * max(self._drawn - len(text), 0)
             self._err("\r" + text + tail)
             self._drawn = len(text)
@@ -3389,7 +3389,6 @@ class _Screen:
     def _err(self, text: str) -> None:
         try:
             _write(self.err, text)
-            self.err.flush()
         except (OSError, ValueError):  # stderr closed: nowhere left to say it
             pass
 
@@ -3430,12 +3429,10 @@ class _Bar:
 
     def _line(self, now: float) -> str:
         rate = self._bytes / max(now - self._start, 1e-6)
-        ended = sum(self.counts.values())
+        line = "%d/%d files  %s" % (sum(self.counts.values()), self._files, _human(self._bytes))
         if self._total is None:  # a stream: its size is known only at its end
-            return "%d/%d files  %s  %s/s" % (ended, self._files, _human(self._bytes),
-                                              _human(rate))
-        line = "%d/%d files  %s / %s  %s/s" % (ended, self._files, _human(self._bytes),
-                                               _human(self._total), _human(rate))
+            return line + "  %s/s" % _human(rate)
+        line += " / %s  %s/s" % (_human(self._total), _human(rate))
         if rate > 0 and self._total > self._bytes:
             line += "  ETA %s" % _clock((self._total - self._bytes) / rate)
         return line
@@ -3451,11 +3448,14 @@ class _Bar:
                 _human(self._bytes), elapsed, _human(self._bytes / elapsed))
 
 
-def _show_log(screen: _Screen, verbose: int) -> Callable[[], None]:
-    """Send the "fileslink" logger's records to the screen: warnings always
-    (what a person must see survives --quiet and a pipe), -v adds info,
-    -vv debug. Returns what puts the logger back as it was found."""
+def _hook(screen: _Screen, verbose: int) -> Callable[[], None]:
+    """For one run: the "fileslink" logger's records go to the screen
+    (warnings always: what a person must see survives --quiet and a pipe;
+    -v adds info, -vv debug), and SIGTERM (containers, systemd, `timeout`)
+    raises _Terminated, so it ends a run as Ctrl-C does. Returns what puts
+    both back as they were found."""
     import logging
+    import signal
 
     class ToScreen(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
@@ -3466,36 +3466,25 @@ def _show_log(screen: _Screen, verbose: int) -> Callable[[], None]:
                 return
             screen.message("fileslink: %s: %s" % (record.levelname.lower(), _clean_name(text)))
 
-    logger = logging.getLogger("fileslink")
-    handler = ToScreen()
-    saved = logger.level, logger.propagate
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
-    logger.propagate = False  # an application's root handler must not print them twice
-
-    def restore() -> None:
-        logger.removeHandler(handler)
-        logger.setLevel(saved[0])
-        logger.propagate = saved[1]
-
-    return restore
-
-
-def _trap_sigterm() -> Callable[[], None]:
-    """SIGTERM (containers, systemd, `timeout`) raises _Terminated, so it
-    ends a run as Ctrl-C does. Returns what restores the old handler."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None  # signals can only be caught in the main thread
-    import signal
-
     def terminate(signum: int, frame: Any) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the abort short
         raise _Terminated()
 
-    old = signal.signal(signal.SIGTERM, terminate)
+    logger = logging.getLogger("fileslink")
+    handler = ToScreen()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+    logger.propagate = False  # an application's root handler must not print them twice
+    trapped = threading.current_thread() is threading.main_thread()  # no other thread can
+    old = signal.signal(signal.SIGTERM, terminate) if trapped else None
 
     def restore() -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+        if trapped:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
     return restore
 
@@ -3539,13 +3528,6 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
-def _reason(exc: BaseException) -> str:
-    """Why one file failed, its name being already on the line."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return _describe(exc)
-
-
 # -- what a directory holds ---------------------------------------------------
 
 if TYPE_CHECKING:
@@ -3553,24 +3535,13 @@ if TYPE_CHECKING:
     Entry = Tuple[str, Any, Optional[int]]
 
 
-def _kind(mode: int) -> str:
-    import stat
-
-    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
-        if test(mode):
-            return kind
-    return "a special file"
-
-
-def _walk(paths: Sequence[str], name: Optional[str], screen: _Screen) -> Tuple[List[Entry], int]:
-    """The files to upload, and how many paths could not be read (each
-    reported on one line). A directory gives every regular file under it,
-    named by its path below it with '/'; see _tree."""
+def _walk(paths: Sequence[str], name: Optional[str], screen: _Screen) -> List[Entry]:
+    """The files to upload; a path that cannot be read is an error line. A
+    directory gives every regular file under it, named by its path below
+    it with '/'; see _tree."""
     import stat
 
     entries: List[Entry] = []
-    failed = 0
     for path in paths:
         if path == "-":
             entries.append((name or "", sys.stdin.buffer, None))
@@ -3578,30 +3549,30 @@ def _walk(paths: Sequence[str], name: Optional[str], screen: _Screen) -> Tuple[L
         try:
             st = os.stat(path)
         except OSError as exc:
-            screen.message("fileslink: error: %s" % _describe(exc))
-            failed += 1
+            screen.error(_describe(exc))
             continue
         if stat.S_ISDIR(st.st_mode):
-            failed += _tree(path, st, entries, screen)
+            _tree(path, st, entries, screen)
         else:  # not a regular file (a FIFO, <(cmd)): the library reads it as a stream
             own = name or _clean_name(os.path.basename(path.rstrip("/\\")) or path)
             entries.append((own, path, st.st_size if stat.S_ISREG(st.st_mode) else None))
-    return entries, failed
+    return entries
 
 
-def _tree(top: str, top_stat: os.stat_result, entries: List[Entry], screen: _Screen) -> int:
+def _tree(top: str, top_stat: os.stat_result, entries: List[Entry], screen: _Screen) -> None:
     """Add the regular files under top to entries, each directory's files
-    in name order before its subdirectories; the number of failures.
+    in name order before its subdirectories.
 
     Special files (FIFO, socket, device) are skipped with a warning and
     never opened: opening a FIFO blocks. Symbolic links are followed, to
     directories too; a link back to a directory above it (a loop) is
     skipped with a warning. An unreadable directory or a dangling link is
-    one failure line each; the walk goes on.
+    one error line each; the walk goes on.
     """
     import stat
 
-    failed = 0
+    kinds = {stat.S_IFIFO: "a FIFO", stat.S_IFSOCK: "a socket",
+             stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}
     stack = [("", top, frozenset([(top_stat.st_dev, top_stat.st_ino)]))]
     while stack:
         prefix, path, above = stack.pop()
@@ -3609,8 +3580,7 @@ def _tree(top: str, top_stat: os.stat_result, entries: List[Entry], screen: _Scr
             with os.scandir(path) as listing:
                 found = sorted(listing, key=lambda e: e.name)
         except OSError as exc:
-            screen.message("fileslink: error: %s: %s" % (_clean_name(path), exc.strerror))
-            failed += 1
+            screen.error("%s: %s" % (_clean_name(path), exc.strerror))
             continue
         subdirs = []
         for entry in found:
@@ -3618,42 +3588,35 @@ def _tree(top: str, top_stat: os.stat_result, entries: List[Entry], screen: _Scr
             try:
                 st = entry.stat()  # follows links; a dangling one raises
             except OSError as exc:
-                screen.message("fileslink: error: %s: %s" % (shown, exc.strerror))
-                failed += 1
+                screen.error("%s: %s" % (shown, exc.strerror))
                 continue
+            key = (st.st_dev, st.st_ino)
             if stat.S_ISREG(st.st_mode):
                 entries.append((_clean_name(prefix + entry.name), entry.path, st.st_size))
-            elif stat.S_ISDIR(st.st_mode):
-                key = (st.st_dev, st.st_ino)
-                if key in above:
-                    screen.message("fileslink: warning: skipped %s: a link to a directory "
-                                   "above it (a loop)" % shown)
-                else:
-                    subdirs.append((prefix + entry.name + "/", entry.path, above | {key}))
-            else:
+            elif not stat.S_ISDIR(st.st_mode):
                 screen.message("fileslink: warning: skipped %s: %s, not a regular file"
-                               % (shown, _kind(st.st_mode)))
+                               % (shown, kinds.get(stat.S_IFMT(st.st_mode), "a special file")))
+            elif key in above:
+                screen.message("fileslink: warning: skipped %s: a link to a directory "
+                               "above it (a loop)" % shown)
+            else:
+                subdirs.append((prefix + entry.name + "/", entry.path, above | {key}))
         stack.extend(reversed(subdirs))
-    return failed
-
-
-def _selected(name: str, rules: Sequence[Tuple[str, str]]) -> bool:
-    """aws s3's rule: every file is in; each --exclude / --include that
-    matches the name, in the order given, decides anew (the last match
-    wins). Globs are fnmatch's, case-sensitive; '*' matches '/' too."""
-    import fnmatch
-
-    keep = True
-    for verb, pattern in rules:
-        if fnmatch.fnmatchcase(name, pattern):
-            keep = verb == "include"
-    return keep
 
 
 def _excluded(entry: Entry, rules: Sequence[Tuple[str, str]]) -> bool:
-    """Filters choose among files by name; a stream (-) is always sent."""
+    """aws s3's rule: every file is in; each --exclude / --include that
+    matches its name, in the order given, decides anew (the last match
+    wins). Globs are fnmatch's, case-sensitive; '*' matches '/' too. A
+    stream (-) has no name to match: it is always sent."""
+    import fnmatch
+
     name, source, _ = entry
-    return isinstance(source, str) and not _selected(name, rules)
+    excluded = False
+    for verb, pattern in rules:
+        if fnmatch.fnmatchcase(name, pattern):
+            excluded = verb == "exclude"
+    return excluded and isinstance(source, str)
 
 
 # -- arguments ------------------------------------------------------------------
@@ -3669,15 +3632,14 @@ def _parser() -> Any:
             self.print_usage(sys.stderr)
             self.exit(2, "fileslink: error: %s\n" % message)
 
-    def checked(parse: Callable[[str], int], low: int, what: str) -> Callable[[str], int]:
+    def positive(parse: Callable[[str], int], flag: str) -> Callable[[str], int]:
         def convert(text: str) -> int:
             try:
                 value = parse(text)
             except ValueError as exc:  # argparse would print "invalid convert value"
                 raise argparse.ArgumentTypeError(str(exc)) from None
-            if value < low:
-                raise argparse.ArgumentTypeError("%s must be at least %d, not %r"
-                                                 % (what, low, text))
+            if value < 1:
+                raise argparse.ArgumentTypeError("%s must be at least 1, not %r" % (flag, text))
             return value
         return convert
 
@@ -3687,20 +3649,20 @@ def _parser() -> Any:
         given before the command's name."""
         group = parser.add_argument_group("options of every command, before or after its name")
         group.add_argument("-v", "--verbose", action="count", default=default(0),
-                            help="log to stderr: -v each file, API call and retry; "
-                            "-vv every request, storage included (the key redacted)")
+                           help="log to stderr: -v each file, API call and retry; "
+                           "-vv every request, storage included (the key redacted)")
         group.add_argument("-q", "--quiet", action="store_true", default=default(False),
-                            help="no progress line and no summary, even on a terminal "
-                            "(errors and warnings are still written)")
+                           help="no progress line and no summary, even on a terminal "
+                           "(errors and warnings are still written)")
         group.add_argument("--json", action="store_true", default=default(False),
-                            help="one JSON object per line on stdout")
+                           help="one JSON object per line on stdout")
         group.add_argument("--folder", metavar="ID", default=default(None),
-                            help="the folder id (default $%s)" % _ENV_FOLDER)
+                           help="the folder id (default $%s)" % _ENV_FOLDER)
         group.add_argument("--ca-bundle", metavar="FILE", default=default(None),
-                            help="also trust the CA certificates in FILE (a corporate proxy's CA)")
+                           help="also trust the CA certificates in FILE (a corporate proxy's CA)")
         group.add_argument("--allow-insecure", action="store_true", default=default(False),
-                            help="permit a plain-http base URL to a remote host (as "
-                            "FILESLINK_ALLOW_INSECURE=1 does); the key would cross unencrypted")
+                           help="permit a plain-http base URL to a remote host (as "
+                           "FILESLINK_ALLOW_INSECURE=1 does); the key would cross unencrypted")
 
     parser = Parser(prog="fileslink", allow_abbrev=False,
                     description="Upload files to files.link. The API key comes from $%s; "
@@ -3712,7 +3674,8 @@ def _parser() -> Any:
                                 help="run `fileslink COMMAND --help` for its options")
     sub.required = True
 
-    def command(name: str, summary: str, examples: Sequence[str], description: str = "") -> Any:
+    def command(name: str, run: Callable[[Client, Any, _Screen], None], summary: str,
+                examples: Sequence[str], description: str = "") -> Any:
         # allow_abbrev is not inherited by subcommands (3.8 to 3.13): say it again.
         epilog = "example%s:\n%s" % ("s" if len(examples) > 1 else "",
                                      "\n".join("  " + e for e in examples))
@@ -3720,26 +3683,24 @@ def _parser() -> Any:
                              epilog=epilog, allow_abbrev=False,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
         global_options(cmd, lambda value: argparse.SUPPRESS)
-        cmd.set_defaults(usage=cmd)
+        cmd.set_defaults(usage=cmd, run=run)
         return cmd
 
-    up = command("upload", "upload files and directories", [
+    up = command("upload", _cmd_upload, "upload files and directories", [
         "fileslink upload report.pdf --folder FOLDER_ID",
         "fileslink upload ./photos --skip-existing --exclude '*.tmp'",
         "fileslink upload ./photos --dry-run",
         "pg_dump db | fileslink upload - --name db.sql"],
         "Upload files; a directory uploads every file under it, named by its path "
         "below the directory.")
-    up.add_argument("paths", nargs="+", metavar="PATH",
-                    help="a file, a directory, or - for stdin")
+    up.add_argument("paths", nargs="+", metavar="PATH", help="a file, a directory, or - for stdin")
     up.add_argument("--name", help="the name to give the file (required with -)")
     up.add_argument("--link", action="store_true", help="create permanent links and print them")
-    up.add_argument("--workers", type=checked(_whole, 1, "--workers"), default=8, metavar="N",
+    up.add_argument("--workers", type=positive(_whole, "--workers"), default=8, metavar="N",
                     help="parallel PUTs, files or parts (8)")
-    up.add_argument("--threshold", type=checked(_parse_size, 1, "--threshold"),
-                    default=100 << 20, metavar="SIZE",
-                    help="files of SIZE or more go multipart: in parts, sent in parallel "
-                    "(100M; K, M, G suffixes)")
+    up.add_argument("--threshold", type=positive(_parse_size, "--threshold"), default=100 << 20,
+                    metavar="SIZE", help="files of SIZE or more go multipart: in parts, sent "
+                    "in parallel (100M; K, M, G suffixes)")
     up.add_argument("--no-checksum", action="store_true",
                     help="skip the MD5 comparison with storage's ETag (faster)")
     up.add_argument("--skip-existing", action="store_true",
@@ -3753,28 +3714,29 @@ def _parser() -> Any:
     up.add_argument("--include", dest="rules", action="append", metavar="GLOB",
                     type=lambda glob: ("include", glob),
                     help="take back files an earlier --exclude left out; repeatable")
-    up.add_argument("--bwlimit", type=checked(_parse_size, 1, "--bwlimit"), metavar="RATE",
+    up.add_argument("--bwlimit", type=positive(_parse_size, "--bwlimit"), metavar="RATE",
                     help="at most RATE bytes per second across all workers (K, M, G suffixes)")
     up.add_argument("--resume", action="store_true",
                     help="keep an interrupted multipart upload to continue it when the same "
                     "command runs again (see `fileslink pending`)")
 
-    ls = command("ls", "list the files of a folder",
+    ls = command("ls", _cmd_ls, "list the files of a folder",
                  ["fileslink ls", "fileslink ls FOLDER_ID --json"])
     ls.add_argument("folder_id", nargs="?", metavar="FOLDER_ID",
                     help="the folder (default --folder, then $%s)" % _ENV_FOLDER)
-    rm = command("rm", "delete files", ["fileslink rm FILE_ID [FILE_ID ...]"])
+    rm = command("rm", _cmd_rm, "delete files", ["fileslink rm FILE_ID [FILE_ID ...]"])
     rm.add_argument("ids", nargs="+", metavar="FILE_ID", help="a file to delete")
-    link = command("link", "create a permanent public link", ["fileslink link FILE_ID"])
+    link = command("link", _cmd_link, "create a permanent public link", ["fileslink link FILE_ID"])
     link.add_argument("id", metavar="FILE_ID", help="the file to link")
-    projects = command("projects", "list your projects", ["fileslink projects"])
-    projects.add_argument("--page", type=checked(_whole, 1, "--page"), default=1, metavar="N",
+    projects = command("projects", _cmd_listing, "list your projects", ["fileslink projects"])
+    projects.add_argument("--page", type=positive(_whole, "--page"), default=1, metavar="N",
                           help="the page of the listing (1)")
-    folders = command("folders", "list the folders of a project", ["fileslink folders PROJECT_ID"])
+    folders = command("folders", _cmd_listing, "list the folders of a project",
+                      ["fileslink folders PROJECT_ID"])
     folders.add_argument("project", metavar="PROJECT_ID", help="the project")
-    command("pending", "list the multipart uploads kept by --resume",
+    command("pending", _cmd_pending, "list the multipart uploads kept by --resume",
             ["fileslink pending", "fileslink pending --json"])
-    abort = command("abort", "abort multipart uploads kept by --resume",
+    abort = command("abort", _cmd_abort, "abort multipart uploads kept by --resume",
                     ["fileslink abort ID [ID ...]", "fileslink abort --all"])
     abort.add_argument("ids", nargs="*", metavar="ID", help="an upload `fileslink pending` lists")
     abort.add_argument("--all", action="store_true", help="abort every one of them")
@@ -3798,7 +3760,6 @@ def _parse(argv: Optional[Sequence[str]]) -> Any:
 
 
 def _folder(args: Any) -> str:
-    """The folder a command works in: --folder, else $FILESLINK_FOLDER."""
     folder = args.folder or os.environ.get(_ENV_FOLDER)
     if not folder:
         raise ConfigError("no folder: pass --folder ID or set %s (`fileslink projects`, then "
@@ -3807,7 +3768,8 @@ def _folder(args: Any) -> str:
 
 
 def _client(args: Any) -> Client:
-    options: Dict[str, Any] = {}
+    # allow_insecure None: the library reads FILESLINK_ALLOW_INSECURE
+    options: Dict[str, Any] = {"allow_insecure": args.allow_insecure or None}
     if args.ca_bundle:
         import ssl
 
@@ -3817,8 +3779,6 @@ def _client(args: Any) -> Client:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError("--ca-bundle %s: %s" % (args.ca_bundle, exc)) from None
         options["ssl_context"] = context
-    if args.allow_insecure:  # otherwise the library reads FILESLINK_ALLOW_INSECURE
-        options["allow_insecure"] = True
     if args.command == "upload":
         options.update(max_workers=args.workers, multipart_threshold=args.threshold,
                        checksum=not args.no_checksum, max_bandwidth=args.bwlimit)
@@ -3829,18 +3789,19 @@ def _client(args: Any) -> Client:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The command line. Returns the exit status: 0 all done (or stdout was
-    closed), 1 something failed, 2 usage or configuration, 130 interrupted
-    (Ctrl-C), 143 terminated (SIGTERM)."""
+    closed), 1 something failed (each failure has had its error line), 2
+    usage or configuration, 130 interrupted (Ctrl-C), 143 terminated
+    (SIGTERM)."""
     try:
         args = _parse(argv)
     except SystemExit as exc:  # --help, --version, or a usage error already printed
         return exc.code if isinstance(exc.code, int) else 2
-    screen = _Screen(sys.stdout, sys.stderr)
-    restore_log = _show_log(screen, args.verbose)
-    restore_signal = _trap_sigterm()
+    screen = _Screen(sys.stdout, sys.stderr, args.json, args.quiet)
+    unhook = _hook(screen, args.verbose)
     try:
         with _client(args) as client:
-            return int(_COMMANDS[args.command](client, args, screen))
+            args.run(client, args, screen)
+        return 1 if screen.errors else 0
     except _StdoutClosed:
         screen.clear()
         _silence(sys.stdout)
@@ -3848,67 +3809,57 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt as exc:
         screen.message(_stop_line(exc, screen.stopped, args))
         return 143 if isinstance(exc, _Terminated) else 130
-    except ConfigError as exc:
-        screen.message("fileslink: error: %s" % _describe(exc))
-        return 2
     except (FilesLinkError, OSError) as exc:
-        screen.message("fileslink: error: %s" % _describe(exc))
-        return 1
+        screen.error(_describe(exc))
+        return 2 if isinstance(exc, ConfigError) else 1
     finally:
-        restore_signal()
-        restore_log()
+        unhook()
 
 
 def _stop_line(exc: BaseException, stopped: List[_Stopped], args: Any) -> str:
     """The one line a stop ends with: what was aborted, what was kept."""
     line = "fileslink: %s" % ("terminated" if isinstance(exc, _Terminated) else "interrupted")
-    aborted = sum(1 for s in stopped if s.aborted is True)
-    failed = sum(1 for s in stopped if s.aborted is False)
+    outcomes = [s.aborted for s in stopped]  # None: nothing to abort, or kept to resume
+    aborted, failed = outcomes.count(True), outcomes.count(False)
     if aborted:
-        line += "; %d unfinished multipart upload%s aborted" % (
-            aborted, "" if aborted == 1 else "s")
+        line += "; %d unfinished multipart upload%s aborted" % (aborted, "" if aborted == 1 else "s")
     if failed:
         line += "; %d could not be aborted (see above)" % failed
-    if getattr(args, "resume", False) and any(s.aborted is None for s in stopped):
+    if getattr(args, "resume", False) and None in outcomes:
         line += "; the same command continues what was kept (`fileslink pending` lists it)"
     return line
 
 
-def _emit(screen: _Screen, args: Any, record: Json, line: str) -> None:
-    import json
-
-    screen.result(json.dumps(record) if args.json else line)
-
-
-def _cmd_upload(client: Client, args: Any, screen: _Screen) -> int:
+def _cmd_upload(client: Client, args: Any, screen: _Screen) -> None:
     folder = _folder(args)
-    found, failed = _walk(args.paths, args.name, screen)
+    found = _walk(args.paths, args.name, screen)
     if args.dry_run:
         _dry_run(client, folder, args, screen, found)
-        return 1 if failed else 0
+        return
     entries = [entry for entry in found if not _excluded(entry, args.rules)]
     if not entries:
-        if not failed:
+        if not screen.errors:
             screen.message("fileslink: nothing to upload: %s" % (
                 "%d excluded by --exclude/--include" % len(found) if found
                 else "no files in %s" % ", ".join(args.paths)))
-        return 1 if failed else 0
+        return
     sizes = [size for _, _, size in entries]
     total = None if None in sizes else sum(s or 0 for s in sizes)
-    bar = _Bar(screen, len(entries), total) if screen.tty and not args.quiet else None
+    bar = _Bar(screen, len(entries), total) if screen.live else None
 
     def on_file(index: int, result: Any) -> None:
         name, _, size = entries[index]
+        if isinstance(result, _Stopped):  # cut short by a stop: main() sums them up
+            screen.stopped.append(result)  # (a failed abort has had its warning)
+            return
         if isinstance(result, UploadedFile):
             line = "%s %s" % (result.name, "skipped (%s)" % result.id if result.skipped
                               else "-> %s" % (result.url or result.id))
-            _emit(screen, args, result.to_dict(), line)
+            screen.result(result.to_dict(), line)
             outcome = "skipped" if result.skipped else "done"
-        elif isinstance(result, _Stopped):  # cut short by a stop: main() sums them up
-            screen.stopped.append(result)  # (a failed abort has had its warning)
-            return
-        else:
-            screen.message("fileslink: error: %s: %s" % (name, _reason(result)))
+        else:  # the name is on the line already: of an OSError, only its reason
+            reason = result.strerror if isinstance(result, OSError) else None
+            screen.error("%s: %s" % (name, reason or _describe(result)))
             outcome = "failed"
         if bar is not None:
             bar.file_done(name, outcome, size)
@@ -3918,10 +3869,9 @@ def _cmd_upload(client: Client, args: Any, screen: _Screen) -> int:
                            progress=bar.update if bar else None, link=args.link,
                            skip_existing=args.skip_existing, resume=args.resume, on_file=on_file)
     except UploadManyError:
-        failed += 1  # each failure has had its line
+        pass  # each failure has had its error line
     if bar is not None:
         screen.message(bar.summary())
-    return 1 if failed else 0
 
 
 def _dry_run(client: Client, folder: str, args: Any, screen: _Screen,
@@ -3936,64 +3886,54 @@ def _dry_run(client: Client, folder: str, args: Any, screen: _Screen,
         there = existing.get((name, size)) if size is not None else None
         record: Json = {"name": name, "size": size, "dryRun": True}
         if _excluded(entry, args.rules):
+            verb, line = "exclude", "%s excluded" % name
             record["excluded"] = True
-            _emit(screen, args, record, "%s excluded" % name)
-            counts["exclude"] += 1
         elif there is not None:
+            verb, line = "skip", "%s would be skipped (%s)" % (name, there.id)
             record = dict(there.to_dict(), skipped=True, dryRun=True)
-            _emit(screen, args, record, "%s would be skipped (%s)" % (name, there.id))
-            counts["skip"] += 1
         else:
-            record["mimeType"] = _guess_mime(name)
             shown = "size unknown" if size is None else _human(size)
-            _emit(screen, args, record, "%s would be uploaded (%s)" % (name, shown))
-            counts["upload"] += 1
-    if screen.tty and not args.quiet:
-        screen.message("dry run: %d to upload, %d to skip, %d excluded"
-                       % (counts["upload"], counts["skip"], counts["exclude"]))
+            verb, line = "upload", "%s would be uploaded (%s)" % (name, shown)
+            record["mimeType"] = _guess_mime(name)
+        counts[verb] += 1
+        screen.result(record, line)
+    if screen.live:
+        screen.message("dry run: %(upload)d to upload, %(skip)d to skip, %(exclude)d excluded"
+                       % counts)
 
 
-def _listed(record: Json) -> Json:
-    """A listing's file record under upload --json's names (name, size),
-    with every other field it carries."""
-    renamed = {"fileName": "name", "fileSize": "size"}
-    entry: Json = {"id": record.get("id"), "name": record.get("fileName"),
-                   "size": record.get("fileSize")}
-    entry.update((renamed.get(k, k), v) for k, v in record.items() if k not in renamed)
-    return entry
+def _cmd_ls(client: Client, args: Any, screen: _Screen) -> None:
+    for record in client.list_files(args.folder_id or _folder(args)):
+        # Under upload --json's names (name, size), with every other field it carries.
+        entry: Json = {"id": record.get("id"), "name": record.get("fileName"),
+                       "size": record.get("fileSize")}
+        entry.update((k, v) for k, v in record.items() if k not in ("fileName", "fileSize"))
+        size = "" if entry["size"] is None else entry["size"]
+        screen.result(entry, "%s  %10s  %s" % (entry["id"], size,
+                                               _clean_name(str(entry["name"] or ""))))
 
 
-def _cmd_ls(client: Client, args: Any, screen: _Screen) -> int:
-    folder = args.folder_id or _folder(args)
-    for record in client.list_files(folder):
-        entry = _listed(record)
-        _emit(screen, args, entry, "%s  %10s  %s" % (
-            entry["id"], "" if entry["size"] is None else entry["size"],
-            _clean_name(str(entry["name"] or ""))))
-    return 0
-
-
-def _cmd_rm(client: Client, args: Any, screen: _Screen) -> int:
-    status = 0
+def _cmd_rm(client: Client, args: Any, screen: _Screen) -> None:
     for file_id in args.ids:
         try:
             client.delete_file(file_id)
         except FilesLinkError as exc:
-            screen.message("fileslink: error: %s: %s" % (file_id, _describe(exc)))
-            status = 1
+            screen.error("%s: %s" % (file_id, _describe(exc)))
         else:
-            _emit(screen, args, {"id": file_id, "deleted": True}, "deleted %s" % file_id)
-    return status
+            screen.result({"id": file_id, "deleted": True}, "deleted %s" % file_id)
 
 
-def _cmd_link(client: Client, args: Any, screen: _Screen) -> int:
+def _cmd_link(client: Client, args: Any, screen: _Screen) -> None:
     url = client.create_link(args.id)
-    _emit(screen, args, {"id": args.id, "url": url}, url)
-    return 0
+    screen.result({"id": args.id, "url": url}, url)
 
 
-def _print_listing(screen: _Screen, args: Any, value: Any, id_field: str) -> int:
-    """One line (or JSON object) per project or folder of a listing."""
+def _cmd_listing(client: Client, args: Any, screen: _Screen) -> None:
+    """folders and projects: one line (or JSON object) per item listed."""
+    if args.command == "folders":
+        value, id_field = client.list_folders(args.project), "folderId"
+    else:
+        value, id_field = client.list_projects(args.page), "projectId"
     if isinstance(value, dict):  # the listing's shape is not published: look for the list
         lists = [value[k] for k in ("folders", "projects", "items", "data")
                  if isinstance(value.get(k), list)]
@@ -4003,43 +3943,25 @@ def _print_listing(screen: _Screen, args: Any, value: Any, id_field: str) -> int
             line = "%s  %s" % (record.get("id") or record.get(id_field), record.get("title", ""))
         else:
             line = str(record)
-        _emit(screen, args, record, line)
-    return 0
+        screen.result(record, line)
 
 
-def _cmd_folders(client: Client, args: Any, screen: _Screen) -> int:
-    return _print_listing(screen, args, client.list_folders(args.project), "folderId")
-
-
-def _cmd_projects(client: Client, args: Any, screen: _Screen) -> int:
-    return _print_listing(screen, args, client.list_projects(args.page), "projectId")
-
-
-def _cmd_pending(client: Client, args: Any, screen: _Screen) -> int:
+def _cmd_pending(client: Client, args: Any, screen: _Screen) -> None:
     for up in client.pending():
         expires = "unknown" if up.expires is None else time.strftime(
             "%Y-%m-%d %H:%M UTC", time.gmtime(up.expires))
-        _emit(screen, args, up.to_dict(), "%s  %d/%d parts  %s  expires %s  %s" % (
+        screen.result(up.to_dict(), "%s  %d/%d parts  %s  expires %s  %s" % (
             up.id, up.parts_done, up.parts_total, _human(up.size), expires, up.name))
-    return 0
 
 
-def _cmd_abort(client: Client, args: Any, screen: _Screen) -> int:
+def _cmd_abort(client: Client, args: Any, screen: _Screen) -> None:
     aborted = client.abort_pending(None if args.all else list(args.ids))
     for upload_id in aborted:
-        _emit(screen, args, {"id": upload_id, "aborted": True}, "aborted %s" % upload_id)
-    missing = [i for i in args.ids if i not in aborted]
-    for upload_id in missing:
-        screen.message("fileslink: error: %s: no such pending upload (`fileslink pending` "
-                       "lists them)" % upload_id)
-    return 1 if missing else 0
-
-
-_COMMANDS: Dict[str, Callable[[Client, Any, _Screen], int]] = {
-    "upload": _cmd_upload, "ls": _cmd_ls, "rm": _cmd_rm, "link": _cmd_link,
-    "folders": _cmd_folders, "projects": _cmd_projects, "pending": _cmd_pending,
-    "abort": _cmd_abort,
-}
+        screen.result({"id": upload_id, "aborted": True}, "aborted %s" % upload_id)
+    for upload_id in args.ids:
+        if upload_id not in aborted:
+            screen.error("%s: no such pending upload (`fileslink pending` lists them)"
+                         % upload_id)
 
 
 if __name__ == "__main__":
