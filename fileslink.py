@@ -665,15 +665,14 @@ def _read_full(stream: Any, limit: int) -> bytes:
 
 
 class _Conn:
-    """A pooled connection, how requests on it name their target, and the
-    proxy it goes through (named in errors: a refused proxy is not the API)."""
+    """A pooled connection, its (scheme, host, port), and the proxy it goes
+    through: (host, port, Proxy-Authorization) or None."""
 
-    __slots__ = ("http", "origin", "absolute", "proxy_auth", "proxy", "reused")
+    __slots__ = ("http", "origin", "proxy", "reused")
 
     def __init__(self, conn: http.client.HTTPConnection, origin: Tuple[str, str, int],
-                 absolute: bool, proxy_auth: Optional[str], proxy: str) -> None:
-        self.http, self.origin, self.absolute = conn, origin, absolute
-        self.proxy_auth, self.proxy, self.reused = proxy_auth, proxy, False
+                 proxy: Optional[Tuple[str, int, Optional[str]]]) -> None:
+        self.http, self.origin, self.proxy, self.reused = conn, origin, proxy, False
 
     def stop(self) -> None:
         """Shut the socket down, so that a thread blocked in it returns at once."""
@@ -942,12 +941,12 @@ class _Transport:
                 conn.http.close()
 
     def _connect(self, scheme: str, host: str, port: int) -> _Conn:
-        """A new, unconnected connection (_connected sets its timeout)."""
+        """A new connection, not yet connected (_connected sets its timeout)."""
         netloc = host if ":" not in host else "[%s]" % host
         if port not in (80, 443):
             netloc += ":%d" % port
         proxy = _proxy_for(scheme, host, netloc)
-        peer = (proxy[0], proxy[1]) if proxy else (host, port)
+        peer = proxy[:2] if proxy else (host, port)
         conn: http.client.HTTPConnection
         if scheme == "https":
             with self._lock:
@@ -962,10 +961,7 @@ class _Transport:
         else:
             conn = http.client.HTTPConnection(*peer)
         conn.response_class = _Response
-        # Plain http through a proxy: absolute-form targets, credentials per request.
-        via_proxy = scheme == "http" and proxy is not None
-        return _Conn(conn, (scheme, host, port), via_proxy, proxy[2] if via_proxy and proxy else None,
-                     "the proxy %s:%d" % peer if proxy else "")
+        return _Conn(conn, (scheme, host, port), proxy)
 
     def _checkout(self, origin: Tuple[str, str, int], fresh: bool) -> _Conn:
         self._after_fork()
@@ -1029,8 +1025,7 @@ class _Transport:
             cancel.track(conn)
             try:
                 self._connected(conn, limit, cancel)
-                return self._once(conn, url if conn.absolute else target, method,
-                                  headers, body, max_body)
+                return self._once(conn, method, url, target, headers, body, max_body)
             except BaseException as exc:
                 conn.http.close()
                 if conn.reused and not fresh and _is_stale_error(exc) and not cancel.is_set():
@@ -1060,22 +1055,27 @@ class _Transport:
         except (OSError, http.client.HTTPException) as exc:
             if cancel.is_set():
                 raise _Cancelled() from None
-            where = conn.proxy or "%s:%d" % (conn.origin[1], conn.origin[2])
-            via = " for %s" % conn.origin[1] if conn.proxy else ""
-            raise _ConnectFailed("cannot connect to %s%s: %s" % (
-                where, via, _clip(str(exc) or type(exc).__name__))) from exc
+            # A refused proxy is named: it is not the API that is down.
+            if conn.proxy:
+                where = "the proxy %s:%d for %s" % (conn.proxy[0], conn.proxy[1], conn.origin[1])
+            else:
+                where = "%s:%d" % conn.origin[1:]
+            raise _ConnectFailed("cannot connect to %s: %s" % (
+                where, _clip(str(exc) or type(exc).__name__))) from exc
         # A stop that came while h.sock was still None shut nothing down: it
         # must be seen now, or the request would wait its whole timeout.
         cancel.check()
 
-    def _once(self, conn: _Conn, target: str, method: str, headers: Dict[str, str],
+    def _once(self, conn: _Conn, method: str, url: str, target: str, headers: Dict[str, str],
               body: Any, max_body: int) -> _Response:
         h = conn.http
-        h.putrequest(method, target, skip_accept_encoding=True)
+        # Plain http through a proxy: absolute-form targets, credentials per request.
+        forward = conn.proxy if conn.origin[0] == "http" else None
+        h.putrequest(method, url if forward else target, skip_accept_encoding=True)
         for name, value in headers.items():
             h.putheader(name, value)
-        if conn.proxy_auth:
-            h.putheader("Proxy-Authorization", conn.proxy_auth)
+        if forward and forward[2]:
+            h.putheader("Proxy-Authorization", forward[2])
         if body is not None:
             h.putheader("Content-Length", str(len(body)))
         answered_early = False
