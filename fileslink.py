@@ -1130,12 +1130,10 @@ class _Source:
     #: The local file, for sources read from a path (resume needs it).
     path: Optional[str] = None
 
-    def readinto(self, buf: memoryview, offset: int) -> int:
+    def read(self, buf: memoryview, offset: int) -> memoryview:
+        """Up to len(buf) bytes from offset, read into buf, or a view of the
+        source's own memory where the bytes already are (no copy)."""
         raise NotImplementedError
-
-    def view(self, offset: int, length: int) -> Optional[memoryview]:
-        """The bytes themselves, when they are in memory (no copy)."""
-        return None
 
     def stamp(self) -> Tuple[int, int, int]:
         """(inode, size, mtime_ns) of a file opened from a path."""
@@ -1148,52 +1146,13 @@ class _Source:
         pass
 
 
-class _PathSource(_Source):
-    """A regular file on disk, opened by us; every worker reads its own range."""
-
-    def __init__(self, path: str, name: str) -> None:
-        self.path, self.name = path, name
-        self._file = open(path, "rb", buffering=0)  # OSError here: before any I/O
-        st = os.fstat(self._file.fileno())
-        self._stamp = (st.st_size, st.st_mtime_ns)
-        self._inode = st.st_ino
-        self.size = st.st_size
-        self._lock = threading.Lock()  # guards the file position where there is no preadv
-        self._pread = getattr(os, "preadv", None)
-
-    def readinto(self, buf: memoryview, offset: int) -> int:
-        if self._pread is not None:
-            return int(self._pread(self._file.fileno(), [buf], offset))
-        with self._lock:
-            self._file.seek(offset)
-            return self._file.readinto(buf) or 0
-
-    def stamp(self) -> Tuple[int, int, int]:
-        return (self._inode,) + self._stamp
-
-    def check_unchanged(self) -> None:
-        st = os.fstat(self._file.fileno())
-        if (st.st_size, st.st_mtime_ns) != self._stamp:
-            raise SourceChangedError(
-                "%s changed while it was being uploaded (size %d -> %d); not confirmed"
-                % (self.name, self._stamp[0], st.st_size))
-
-    def close(self) -> None:
-        self._file.close()
-
-
 class _BytesSource(_Source):
     def __init__(self, data: Union[bytes, bytearray, memoryview], name: str) -> None:
         self._data = memoryview(data).cast("B")
         self.name, self.size = name, self._data.nbytes
 
-    def readinto(self, buf: memoryview, offset: int) -> int:
-        chunk = self._data[offset:offset + len(buf)]
-        buf[:len(chunk)] = chunk
-        return len(chunk)
-
-    def view(self, offset: int, length: int) -> memoryview:
-        return self._data[offset:offset + length]
+    def read(self, buf: memoryview, offset: int) -> memoryview:
+        return self._data[offset:offset + len(buf)]
 
 
 class _StreamSource(_Source):
@@ -1206,19 +1165,46 @@ class _StreamSource(_Source):
         stream.seek(self._start)
         self._lock = threading.Lock()  # guards the stream's position
 
-    def readinto(self, buf: memoryview, offset: int) -> int:
+    def read(self, buf: memoryview, offset: int) -> memoryview:
         with self._lock:
             self._stream.seek(self._start + offset)
             readinto = getattr(self._stream, "readinto", None)
             if readinto is not None:
-                return int(readinto(buf) or 0)
+                return buf[:readinto(buf) or 0]
             chunk = self._stream.read(len(buf))
-            buf[:len(chunk)] = chunk
-            return len(chunk)
+        buf[:len(chunk)] = chunk
+        return buf[:len(chunk)]
 
     def close(self) -> None:
         if self._owned:
             self._stream.close()
+
+
+class _PathSource(_StreamSource):
+    """A regular file on disk, opened by us; every worker reads its own
+    range, with preadv where there is one, else under the stream's lock."""
+
+    def __init__(self, path: str, name: str) -> None:
+        super().__init__(open(path, "rb", buffering=0), name, owned=True)  # OSError: before any I/O
+        self.path = path
+        st = os.fstat(self._stream.fileno())
+        self._stamp = (st.st_ino, self.size, st.st_mtime_ns)
+        self._pread = getattr(os, "preadv", None)
+
+    def read(self, buf: memoryview, offset: int) -> memoryview:
+        if self._pread is None:
+            return super().read(buf, offset)
+        return buf[:self._pread(self._stream.fileno(), [buf], offset)]
+
+    def stamp(self) -> Tuple[int, int, int]:
+        return self._stamp
+
+    def check_unchanged(self) -> None:
+        st = os.fstat(self._stream.fileno())
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != self._stamp:
+            raise SourceChangedError(
+                "%s changed while it was being uploaded (size %d -> %d); not confirmed"
+                % (self.name, self.size, st.st_size))
 
 
 def _spool(stream: BinaryIO, name: str) -> _Source:
@@ -1227,17 +1213,14 @@ def _spool(stream: BinaryIO, name: str) -> _Source:
     head = _read_full(stream, _SPOOL_MEMORY + 1)
     if len(head) <= _SPOOL_MEMORY:
         return _BytesSource(head, name)
+    import shutil
     import tempfile
 
     spool = tempfile.TemporaryFile()  # removed by the OS when closed
     try:
         spool.write(head)
         del head
-        while True:
-            chunk = stream.read(_BLOCK)
-            if not chunk:
-                break
-            spool.write(chunk)
+        shutil.copyfileobj(stream, spool, _BLOCK)
         spool.seek(0)
         return _StreamSource(spool, name, owned=True)
     except BaseException:
@@ -1302,9 +1285,7 @@ def _open_source(item: Any, name: Optional[str], mime_type: Optional[str]) -> _S
         name = _clean_name(name)  # lone surrogates from a command line become U+FFFD
     source: _Source
     if isinstance(item, (str, os.PathLike)):
-        path = os.fspath(item)
-        if not isinstance(path, str):
-            path = os.fsdecode(path)
+        path = os.fsdecode(item)
         source = _open_path(path, name or _clean_name(os.path.basename(path.rstrip("/\\"))))
     elif isinstance(item, (bytes, bytearray, memoryview)):
         if name is None:
@@ -1377,21 +1358,14 @@ class _Payload:
         # Large blocks through sendall, not sendfile: measured on loopback,
         # 1 MiB writes beat socket.sendfile (3460 vs 2784 MiB/s per stream).
         block = self.throttle.block if self.throttle else _BLOCK
+        buf = memoryview(bytearray(min(block, self.length)))
         sock = conn.sock  # connected by endheaders()
-        view = self.source.view(self.offset, self.length)
-        buf = None if view is not None else memoryview(bytearray(min(block, self.length)))
         while self.sent < self.length:
             self.cancel.check()
-            want = min(block, self.length - self.sent)
-            if view is not None:
-                chunk = view[self.sent:self.sent + want]
-            else:
-                assert buf is not None
-                n = self.source.readinto(buf[:want], self.offset + self.sent)
-                if n <= 0:
-                    raise SourceChangedError("%s ended early: it was truncated while being uploaded"
-                                             % self.source.name)
-                chunk = buf[:n]
+            chunk = self.source.read(buf[:self.length - self.sent], self.offset + self.sent)
+            if not chunk:
+                raise SourceChangedError("%s ended early: it was truncated while being uploaded"
+                                         % self.source.name)
             if self.md5 is not None:
                 self.md5.update(chunk)
             if self.throttle is not None:
