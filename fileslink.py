@@ -755,10 +755,10 @@ def _is_loopback(host: str) -> bool:
 def _proxy_for(scheme: str, host: str, netloc: str) -> Optional[Tuple[str, int, Optional[str]]]:
     """(host, port, Proxy-Authorization) of the proxy for a URL, or None.
 
-    The rules are urllib's (getproxies, proxy_bypass with NO_PROXY), plus
-    the NO_PROXY entries that are networks (127.0.0.0/8, as curl and
-    requests read them), which urllib ignores. urllib.request is imported
-    only when some *_proxy variable is set.
+    The rules are urllib's (getproxies, proxy_bypass with NO_PROXY) plus
+    what urllib ignores: NO_PROXY networks (127.0.0.0/8, as curl and
+    requests read them). urllib.request is imported only when some
+    *_proxy variable is set.
     """
     if not any(name.lower().endswith("_proxy") for name in os.environ):
         return None
@@ -924,9 +924,7 @@ class _Transport:
 
     def __init__(self, timeout: float, ssl_context: Optional[ssl.SSLContext],
                  max_idle: int) -> None:
-        self.timeout = timeout
-        self._ssl_context = ssl_context
-        self._max_idle = max_idle
+        self.timeout, self._ssl_context, self._max_idle = timeout, ssl_context, max_idle
         self._pid = os.getpid()
         self._lock = threading.Lock()  # guards _idle and _ssl_context
         self._idle: Dict[Tuple[str, str, int], List[_Conn]] = {}
@@ -1004,12 +1002,11 @@ class _Transport:
         """Send one request and read its response, up to max_body bytes of body.
 
         `body` is bytes, or anything with len() and send(http_connection).
-        `timeout` bounds each socket operation and, from the moment the
-        request is sent, the whole answer.  A kept-alive connection found
-        closed by the server is replaced once, unseen: that failure says
-        nothing about the request; `fresh` asks for a new connection from
-        the start, so that a lost answer is never taken for a stale
-        connection and the request silently sent again.
+        `timeout` bounds each socket operation and, once the request is
+        sent, the whole answer.  A kept-alive connection found closed by the
+        server is replaced once, unseen: that says nothing about the
+        request.  `fresh`: a new connection, so that a lost answer is never
+        taken for a stale connection and the request silently sent again.
         Raises _ConnectFailed when no connection could be made.
         """
         parts = urllib.parse.urlsplit(url)
