@@ -930,13 +930,12 @@ class _Transport:
         self._idle: Dict[Tuple[str, str, int], List[_Conn]] = {}
 
     def _after_fork(self) -> None:
-        """In a forked child, forget the parent's connections and its lock
-        (another thread may have held it at the fork)."""
+        """In a forked child, take a new lock (another thread may have held
+        the parent's at the fork) and drop the parent's connections: closing
+        them closes this process's descriptors, not the connections."""
         if os.getpid() != self._pid:
-            inherited = [c for pool in self._idle.values() for c in pool]
-            self._pid, self._lock, self._idle = os.getpid(), threading.Lock(), {}
-            for conn in inherited:  # closes this process's descriptor, not the connection
-                conn.http.close()
+            self._pid, self._lock = os.getpid(), threading.Lock()
+            self.close()
 
     def _connect(self, scheme: str, host: str, port: int) -> _Conn:
         """A new connection, not yet connected (_connected sets its timeout)."""
