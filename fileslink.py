@@ -1206,19 +1206,15 @@ class _PathSource(_StreamSource):
 def _spool(stream: BinaryIO, name: str) -> _Source:
     """A non-seekable stream read to its end, kept in memory if small, else
     in a temp file: its size is what it held, never what it claimed."""
-    head = _read_full(stream, _SPOOL_MEMORY + 1)
-    if len(head) <= _SPOOL_MEMORY:
-        return _BytesSource(head, name)
     import shutil
     import tempfile
 
-    spool = tempfile.TemporaryFile()  # removed by the OS when closed
+    spool = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # removed when closed
     try:
-        spool.write(head)
-        del head
         shutil.copyfileobj(stream, spool, _BLOCK)
         spool.seek(0)
-        return _StreamSource(spool, name, owned=True)
+        # typeshed's SpooledTemporaryFile is an IO[bytes], not a BinaryIO.
+        return _StreamSource(spool, name, owned=True)  # type: ignore[arg-type]
     except BaseException:
         spool.close()
         raise
