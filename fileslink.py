@@ -1034,33 +1034,33 @@ class _Transport:
                 cancel.untrack(conn)
 
     def _connected(self, conn: _Conn, limit: float, cancel: _Cancel) -> None:
-        """Give the connection this exchange's timeout (a pooled one may come
-        from a short-timeout abort), and connect it if not yet connected."""
+        """Connect if not yet connected, and give the socket this exchange's
+        timeout, which also bounds its answer: a pooled one may come from a
+        short-timeout abort, and reading a proxy's CONNECT answer shortens it."""
         h = conn.http
         h.timeout = limit
-        if h.sock is not None:
-            h.sock.settimeout(limit)
-            return
-        # http.client's connect() would block in connect(2) for the whole
-        # timeout; this hook (private to http.client, and so unknown to
-        # typeshed, but the same from 3.8 to 3.13) lets a stopped run end the wait.
-        setattr(h, "_create_connection", lambda address, timeout=limit, source=None:  # noqa: B010
-                _open_socket(address, timeout, cancel))
-        try:
-            h.connect()
-        except (OSError, http.client.HTTPException) as exc:
-            if cancel.is_set():
-                raise _Cancelled() from None
-            # A refused proxy is named: it is not the API that is down.
-            if conn.proxy:
-                where = "the proxy %s:%d for %s" % (conn.proxy[0], conn.proxy[1], conn.origin[1])
-            else:
-                where = "%s:%d" % conn.origin[1:]
-            raise _ConnectFailed("cannot connect to %s: %s" % (
-                where, _clip(str(exc) or type(exc).__name__))) from exc
-        # A stop that came while h.sock was still None shut nothing down: it
-        # must be seen now, or the request would wait its whole timeout.
-        cancel.check()
+        if h.sock is None:
+            # http.client's connect() would block in connect(2) for the whole
+            # timeout; this hook (private to http.client, and so unknown to
+            # typeshed, but the same from 3.8 to 3.13) lets a stopped run end the wait.
+            setattr(h, "_create_connection",  # noqa: B010
+                    lambda address, timeout=limit, source=None: _open_socket(address, timeout, cancel))
+            try:
+                h.connect()
+            except (OSError, http.client.HTTPException) as exc:
+                if cancel.is_set():
+                    raise _Cancelled() from None
+                # A refused proxy is named: it is not the API that is down.
+                if conn.proxy:
+                    where = "the proxy %s:%d for %s" % (conn.proxy[0], conn.proxy[1], conn.origin[1])
+                else:
+                    where = "%s:%d" % conn.origin[1:]
+                raise _ConnectFailed("cannot connect to %s: %s" % (
+                    where, _clip(str(exc) or type(exc).__name__))) from exc
+            # A stop that came while h.sock was still None shut nothing down: it
+            # must be seen now, or the request would wait its whole timeout.
+            cancel.check()
+        h.sock.settimeout(limit)
 
     def _once(self, conn: _Conn, method: str, url: str, target: str, headers: Dict[str, str],
               body: Any, max_body: int) -> _Response:
