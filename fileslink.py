@@ -640,56 +640,45 @@ def _read_full(stream: Any, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-class _Response:
-    __slots__ = ("status", "reason", "headers", "body", "truncated")
-
-    def __init__(self, status: int, reason: str, headers: http.client.HTTPMessage,
-                 body: bytes, truncated: bool) -> None:
-        self.status, self.reason, self.headers = status, reason, headers
-        self.body, self.truncated = body, truncated
-
-    def text(self) -> str:
-        """The body as text; a compressed body nobody asked for is described,
-        not shown: its bytes would be garbage inside a message."""
-        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
-        if encoding != "identity" and self.body:
-            return "(a %d-byte %s-encoded body)" % (len(self.body), _clip(encoding, 20))
-        return self.body.decode("utf-8", "replace")
-
-
 class _Conn:
-    """A pooled connection, how requests on it name their target, and the
-    proxy it goes through (named in errors: a refused proxy is not the API)."""
+    """A pooled connection, its (scheme, host, port), and the proxy it goes
+    through: (host, port, Proxy-Authorization) or None."""
 
-    __slots__ = ("http", "origin", "absolute", "proxy_auth", "proxy", "reused")
+    __slots__ = ("http", "origin", "proxy", "reused")
 
     def __init__(self, conn: http.client.HTTPConnection, origin: Tuple[str, str, int],
-                 absolute: bool, proxy_auth: Optional[str], proxy: str) -> None:
-        self.http, self.origin, self.absolute = conn, origin, absolute
-        self.proxy_auth, self.proxy, self.reused = proxy_auth, proxy, False
+                 proxy: Optional[Tuple[str, int, Optional[str]]]) -> None:
+        self.http, self.origin, self.proxy, self.reused = conn, origin, proxy, False
+
+    def stop(self) -> None:
+        """Shut the socket down, so that a thread blocked in it returns at once."""
+        sock = self.http.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 class _Cancel:
     """Stops a running upload: a flag the workers check between blocks, and
-    the sockets they may be blocked in, shut down so they return at once."""
+    what it stops along with it: the sockets they may be blocked in, and
+    the _Cancel of each job of a run."""
 
     def __init__(self, parent: Optional[_Cancel] = None) -> None:
         self._event = threading.Event()
-        self._lock = threading.Lock()  # guards _conns and _children
-        self._conns: Set[_Conn] = set()
-        self._children: Set[_Cancel] = set()
+        self._lock = threading.Lock()  # guards _stops
+        self._stops: Set[Union[_Conn, _Cancel]] = set()
         self._parent = parent
         if parent is not None:
-            with parent._lock:
-                parent._children.add(self)
+            parent.track(self)
             if parent.is_set():
                 self.set()
 
     def detach(self) -> None:
         """Leave the parent: a finished job must not be kept alive by its run."""
         if self._parent is not None:
-            with self._parent._lock:
-                self._parent._children.discard(self)
+            self._parent.untrack(self)
 
     def is_set(self) -> bool:
         return self._event.is_set()
@@ -706,73 +695,63 @@ class _Cancel:
     def set(self) -> None:
         self._event.set()
         with self._lock:
-            conns, children = list(self._conns), list(self._children)
-        for conn in conns:
-            sock = conn.http.sock
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        for child in children:
-            child.set()
+            stops = list(self._stops)
+        for item in stops:
+            item.stop()
 
-    def track(self, conn: _Conn) -> None:
-        with self._lock:
-            self._conns.add(conn)
+    stop = set  # what a parent's set() calls on its children
 
-    def untrack(self, conn: _Conn) -> None:
+    def track(self, item: Union[_Conn, _Cancel]) -> None:
         with self._lock:
-            self._conns.discard(conn)
+            self._stops.add(item)
+
+    def untrack(self, item: Union[_Conn, _Cancel]) -> None:
+        with self._lock:
+            self._stops.discard(item)
 
 
 _NEVER = _Cancel()  # for calls made outside an upload: never set
 
 
+def _ip_address(host: str) -> Any:
+    """The IP address a URL's host is, or None for a name."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
 def _is_loopback(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _no_proxy_cidr(host: str) -> bool:
-    """NO_PROXY entries that are networks (127.0.0.0/8, as curl and requests
-    read them), which urllib's proxy_bypass ignores."""
-    import ipaddress
-
-    try:
-        address = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    for entry in (os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or "").split(","):
-        if "/" in entry:
-            try:
-                if address in ipaddress.ip_network(entry.strip(), strict=False):
-                    return True
-            except ValueError:
-                continue
-    return False
+    address = _ip_address(host)
+    return host.lower() == "localhost" or (address is not None and address.is_loopback)
 
 
 def _proxy_for(scheme: str, host: str, netloc: str) -> Optional[Tuple[str, int, Optional[str]]]:
     """(host, port, Proxy-Authorization) of the proxy for a URL, or None.
 
     The rules are urllib's (getproxies, proxy_bypass with NO_PROXY) plus
-    network entries in NO_PROXY; urllib.request is only imported when some
+    what urllib ignores: NO_PROXY networks (127.0.0.0/8, as curl and
+    requests read them). urllib.request is imported only when some
     *_proxy variable is set.
     """
     if not any(name.lower().endswith("_proxy") for name in os.environ):
         return None
+    import ipaddress
     import urllib.request
 
     proxy = urllib.request.getproxies().get(scheme)
-    if not proxy or urllib.request.proxy_bypass(netloc) or _no_proxy_cidr(host):
+    if not proxy or urllib.request.proxy_bypass(netloc):
         return None
+    address = _ip_address(host)
+    if address is not None:
+        for entry in (os.environ.get("no_proxy") or os.environ.get("NO_PROXY") or "").split(","):
+            try:
+                if "/" in entry and address in ipaddress.ip_network(entry.strip(), strict=False):
+                    return None
+            except ValueError:
+                pass
     if "://" not in proxy:
         proxy = "http://" + proxy
     parts = urllib.parse.urlsplit(proxy)
@@ -784,17 +763,6 @@ def _proxy_for(scheme: str, host: str, netloc: str) -> Optional[Tuple[str, int, 
                           urllib.parse.unquote(parts.password or ""))
         auth = "Basic " + base64.b64encode(pair.encode()).decode("ascii")
     return parts.hostname or "", parts.port or 8080, auth
-
-
-def _split_url(url: str) -> Tuple[str, str, int, str]:
-    """(scheme, host, port, path?query) of an http(s) URL already checked."""
-    parts = urllib.parse.urlsplit(url)
-    scheme = parts.scheme.lower()
-    port = parts.port or (443 if scheme == "https" else 80)
-    target = parts.path or "/"
-    if parts.query:
-        target += "?" + parts.query
-    return scheme, parts.hostname or "", port, target
 
 
 class _ConnectFailed(OSError):
@@ -830,14 +798,6 @@ def _ready(sock: socket.socket, write: bool, timeout: float) -> bool:
     poller = poll()
     poller.register(sock, select.POLLOUT if write else select.POLLIN)
     return bool(poller.poll(timeout * 1000))
-
-
-def _idle_and_open(sock: Optional[socket.socket]) -> bool:
-    """Whether an idle kept-alive connection is usable: nothing to read, no EOF."""
-    try:
-        return sock is not None and not _ready(sock, False, 0)
-    except (OSError, ValueError):
-        return False
 
 
 def _open_socket(address: Tuple[str, int], timeout: float, cancel: _Cancel) -> socket.socket:
@@ -877,13 +837,12 @@ class _Deadline(io.RawIOBase):
     """A socket reader that gives up once `limit` seconds have passed in all,
     however the bytes trickle in: each read waits at most what is left."""
 
-    def __init__(self, sock: socket.socket, limit: float, per_read: float) -> None:
+    def __init__(self, sock: socket.socket, limit: float) -> None:
         super().__init__()
         # A file of its own on the socket, as http.client's reader is: it
         # keeps the socket open when the connection hands it to the response.
         self._sock, self._raw = sock, sock.makefile("rb", buffering=0)
-        self._limit, self._per_read = limit, per_read
-        self._deadline = time.monotonic() + limit
+        self._limit, self._deadline = limit, time.monotonic() + limit
 
     def readable(self) -> bool:
         return True
@@ -892,7 +851,7 @@ class _Deadline(io.RawIOBase):
         left = self._deadline - time.monotonic()
         if left <= 0:
             raise socket.timeout("the answer did not arrive whole within %g s" % self._limit)
-        self._sock.settimeout(min(left, self._per_read))
+        self._sock.settimeout(left)
         return self._raw.readinto(buf) or 0
 
     def close(self) -> None:
@@ -900,24 +859,34 @@ class _Deadline(io.RawIOBase):
         super().close()
 
 
-class _Answer(http.client.HTTPResponse):
-    """A response read under a deadline, skipping every interim answer:
-    http.client skips only 100 Continue and takes a 102 Processing or a
-    103 Early Hints for the final status."""
+class _Response(http.client.HTTPResponse):
+    """An answer read whole within the exchange's timeout, skipping every
+    interim answer: http.client skips only 100 Continue and takes a 102
+    Processing or a 103 Early Hints for the final status."""
 
-    def __init__(self, sock: socket.socket, debuglevel: int = 0, method: Optional[str] = None,
-                 url: Optional[str] = None, limit: Optional[float] = None) -> None:
-        super().__init__(sock, debuglevel, method, url)
-        if limit is not None:
-            reader = io.BufferedReader(_Deadline(sock, limit, sock.gettimeout() or limit))
-            self.fp.close()  # http.client's own reader, not the socket
-            self.fp = reader
+    body = b""
+    truncated = False  # the body was longer than the caller reads
+
+    def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+        super().__init__(sock, *args, **kwargs)
+        limit = sock.gettimeout()  # the exchange's timeout: _Transport._connected set it
+        assert limit is not None
+        self.fp.close()  # http.client's own reader, not the socket
+        self.fp = io.BufferedReader(_Deadline(sock, limit))
 
     def _read_status(self) -> Tuple[str, int, str]:
         version, status, reason = super()._read_status()  # type: ignore[misc]
         if 100 < status < 200 and status != 101:  # begin() skips a 100's headers and reads on
             return version, http.client.CONTINUE, reason
         return version, status, reason
+
+    def text(self) -> str:
+        """The body as text; a compressed body nobody asked for is described,
+        not shown: its bytes would be garbage inside a message."""
+        encoding = (self.headers.get("Content-Encoding") or "identity").strip().lower()
+        if encoding != "identity" and self.body:
+            return "(a %d-byte %s-encoded body)" % (len(self.body), _clip(encoding, 20))
+        return self.body.decode("utf-8", "replace")
 
 
 class _Transport:
@@ -931,49 +900,41 @@ class _Transport:
 
     def __init__(self, timeout: float, ssl_context: Optional[ssl.SSLContext],
                  max_idle: int) -> None:
-        self.timeout = timeout
-        self._ssl_context = ssl_context
-        self._max_idle = max_idle
+        self.timeout, self._ssl_context, self._max_idle = timeout, ssl_context, max_idle
         self._pid = os.getpid()
         self._lock = threading.Lock()  # guards _idle and _ssl_context
         self._idle: Dict[Tuple[str, str, int], List[_Conn]] = {}
 
     def _after_fork(self) -> None:
-        """In a forked child, forget the parent's connections and its lock
-        (another thread may have held it at the fork)."""
+        """In a forked child, take a new lock (another thread may have held
+        the parent's at the fork) and drop the parent's connections: closing
+        them closes this process's descriptors, not the connections."""
         if os.getpid() != self._pid:
-            inherited = [c for pool in self._idle.values() for c in pool]
-            self._pid, self._lock, self._idle = os.getpid(), threading.Lock(), {}
-            for conn in inherited:  # closes this process's descriptor, not the connection
-                conn.http.close()
-
-    def ssl_context(self) -> ssl.SSLContext:
-        with self._lock:
-            if self._ssl_context is None:
-                import ssl
-
-                # Honours SSL_CERT_FILE / SSL_CERT_DIR, as OpenSSL reads them.
-                self._ssl_context = ssl.create_default_context()
-            return self._ssl_context
+            self._pid, self._lock = os.getpid(), threading.Lock()
+            self.close()
 
     def _connect(self, scheme: str, host: str, port: int) -> _Conn:
+        """A new connection, not yet connected (_connected sets its timeout)."""
         netloc = host if ":" not in host else "[%s]" % host
         if port not in (80, 443):
             netloc += ":%d" % port
         proxy = _proxy_for(scheme, host, netloc)
-        peer = (proxy[0], proxy[1]) if proxy else (host, port)
+        peer = proxy[:2] if proxy else (host, port)
         conn: http.client.HTTPConnection
         if scheme == "https":
-            conn = http.client.HTTPSConnection(*peer, timeout=self.timeout,
-                                               context=self.ssl_context())
+            with self._lock:
+                if self._ssl_context is None:
+                    import ssl
+
+                    # Honours SSL_CERT_FILE / SSL_CERT_DIR, as OpenSSL reads them.
+                    self._ssl_context = ssl.create_default_context()
+            conn = http.client.HTTPSConnection(*peer, context=self._ssl_context)
             if proxy is not None:
                 conn.set_tunnel(host, port, {"Proxy-Authorization": proxy[2]} if proxy[2] else None)
         else:
-            conn = http.client.HTTPConnection(*peer, timeout=self.timeout)
-        # Plain http through a proxy: absolute-form targets, credentials per request.
-        via_proxy = scheme == "http" and proxy is not None
-        return _Conn(conn, (scheme, host, port), via_proxy, proxy[2] if via_proxy and proxy else None,
-                     "the proxy %s:%d" % peer if proxy else "")
+            conn = http.client.HTTPConnection(*peer)
+        conn.response_class = _Response
+        return _Conn(conn, (scheme, host, port), proxy)
 
     def _checkout(self, origin: Tuple[str, str, int], fresh: bool) -> _Conn:
         self._after_fork()
@@ -983,7 +944,11 @@ class _Transport:
                 conn = pool.pop() if pool else None
             if conn is None:
                 break
-            if _idle_and_open(conn.http.sock):
+            try:  # an idle connection is usable if it has nothing to read, not even EOF
+                usable = conn.http.sock is not None and not _ready(conn.http.sock, False, 0)
+            except (OSError, ValueError):
+                usable = False
+            if usable:
                 conn.reused = True
                 return conn
             conn.http.close()  # the server closed it while idle
@@ -1009,27 +974,30 @@ class _Transport:
     def exchange(self, method: str, url: str, headers: Dict[str, str], body: Any = None, *,
                  cancel: _Cancel = _NEVER, max_body: int = _MAX_ERROR_BODY,
                  timeout: Optional[float] = None, fresh: bool = False) -> _Response:
-        """Send one request and read its response (up to max_body bytes).
+        """Send one request and read its response, up to max_body bytes of body.
 
         `body` is bytes, or anything with len() and send(http_connection).
-        `timeout` bounds each socket operation and, from the moment the
-        request is sent, the whole answer.  A kept-alive connection that
-        turns out to be closed by the server is replaced once, without the
-        caller seeing it: that failure says nothing about the request.
-        `fresh`: a new connection, so that a lost answer is never mistaken
-        for a stale connection and the request silently sent again.
+        `timeout` bounds each socket operation and, once the request is
+        sent, the whole answer.  A kept-alive connection found closed by the
+        server is replaced once, unseen: that says nothing about the
+        request.  `fresh`: a new connection, so that a lost answer is never
+        taken for a stale connection and the request silently sent again.
         Raises _ConnectFailed when no connection could be made.
         """
-        scheme, host, port, target = _split_url(url)
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        origin = (scheme, parts.hostname or "", parts.port or (443 if scheme == "https" else 80))
+        target = parts.path or "/"
+        if parts.query:
+            target += "?" + parts.query
         limit = self.timeout if timeout is None else timeout
         while True:
             cancel.check()
-            conn = self._checkout((scheme, host, port), fresh)
+            conn = self._checkout(origin, fresh)
             cancel.track(conn)
             try:
                 self._connected(conn, limit, cancel)
-                return self._once(conn, url if conn.absolute else target, method,
-                                  headers, body, max_body, limit)
+                return self._once(conn, method, url, target, headers, body, max_body)
             except BaseException as exc:
                 conn.http.close()
                 if conn.reused and not fresh and _is_stale_error(exc) and not cancel.is_set():
@@ -1042,44 +1010,44 @@ class _Transport:
                 cancel.untrack(conn)
 
     def _connected(self, conn: _Conn, limit: float, cancel: _Cancel) -> None:
-        """Set this exchange's timeout (a pooled connection may come from a
-        short-timeout abort) and connect now if not yet connected."""
-        import functools
-
+        """Connect if not yet connected, and give the socket this exchange's
+        timeout, which also bounds its answer: a pooled one may come from a
+        short-timeout abort, and reading a proxy's CONNECT answer shortens it."""
         h = conn.http
         h.timeout = limit
-        # The deadline of the answer runs from when its reading starts.
-        # (setattr: typeshed types response_class as a class, not a factory.)
-        setattr(h, "response_class", functools.partial(_Answer, limit=limit))  # noqa: B010
-        if h.sock is not None:
-            h.sock.settimeout(limit)
-            return
-        # http.client's connect() would block in connect(2) for the whole
-        # timeout; this hook (private to http.client, and so unknown to
-        # typeshed, but the same from 3.8 to 3.13) lets a stopped run end the wait.
-        setattr(h, "_create_connection", lambda address, timeout=limit, source=None:  # noqa: B010
-                _open_socket(address, timeout, cancel))
-        try:
-            h.connect()
-        except (OSError, http.client.HTTPException) as exc:
-            if cancel.is_set():
-                raise _Cancelled() from None
-            where = conn.proxy or "%s:%d" % (conn.origin[1], conn.origin[2])
-            via = " for %s" % conn.origin[1] if conn.proxy else ""
-            raise _ConnectFailed("cannot connect to %s%s: %s" % (
-                where, via, _clip(str(exc) or type(exc).__name__))) from exc
-        # A stop that came while h.sock was still None shut nothing down: it
-        # must be seen now, or the request would wait its whole timeout.
-        cancel.check()
+        if h.sock is None:
+            # http.client's connect() would block in connect(2) for the whole
+            # timeout; this hook (private to http.client, and so unknown to
+            # typeshed, but the same from 3.8 to 3.13) lets a stopped run end the wait.
+            setattr(h, "_create_connection",  # noqa: B010
+                    lambda address, timeout=limit, source=None: _open_socket(address, timeout, cancel))
+            try:
+                h.connect()
+            except (OSError, http.client.HTTPException) as exc:
+                if cancel.is_set():
+                    raise _Cancelled() from None
+                # A refused proxy is named: it is not the API that is down.
+                if conn.proxy:
+                    where = "the proxy %s:%d for %s" % (conn.proxy[0], conn.proxy[1], conn.origin[1])
+                else:
+                    where = "%s:%d" % conn.origin[1:]
+                raise _ConnectFailed("cannot connect to %s: %s" % (
+                    where, _clip(str(exc) or type(exc).__name__))) from exc
+            # A stop that came while h.sock was still None shut nothing down: it
+            # must be seen now, or the request would wait its whole timeout.
+            cancel.check()
+        h.sock.settimeout(limit)
 
-    def _once(self, conn: _Conn, target: str, method: str, headers: Dict[str, str],
-              body: Any, max_body: int, limit: float) -> _Response:
+    def _once(self, conn: _Conn, method: str, url: str, target: str, headers: Dict[str, str],
+              body: Any, max_body: int) -> _Response:
         h = conn.http
-        h.putrequest(method, target, skip_accept_encoding=True)
+        # Plain http through a proxy: absolute-form targets, credentials per request.
+        forward = conn.proxy if conn.origin[0] == "http" else None
+        h.putrequest(method, url if forward else target, skip_accept_encoding=True)
         for name, value in headers.items():
             h.putheader(name, value)
-        if conn.proxy_auth:
-            h.putheader("Proxy-Authorization", conn.proxy_auth)
+        if forward and forward[2]:
+            h.putheader("Proxy-Authorization", forward[2])
         if body is not None:
             h.putheader("Content-Length", str(len(body)))
         answered_early = False
@@ -1099,18 +1067,17 @@ class _Transport:
             answered_early = True
         else:
             response = h.getresponse()
+        assert isinstance(response, _Response)
         data = _read_full(response, max_body + 1)
-        truncated = len(data) > max_body
-        if truncated:
-            data = data[:max_body]
-        elif response.length:  # http.client takes an early EOF for the end of the body
-            h.close()
+        response.body, response.truncated = data[:max_body], len(data) > max_body
+        if not response.truncated and response.length:
+            h.close()  # http.client takes an early EOF for the end of the body
             raise http.client.IncompleteRead(data, response.length)
-        if answered_early or truncated or response.will_close or not response.isclosed():
+        if answered_early or response.truncated or response.will_close or not response.isclosed():
             h.close()
         else:
             self._checkin(conn)
-        return _Response(response.status, response.reason, response.headers, data, truncated)
+        return response
 
 
 # ---------------------------------------------------------------------------
@@ -1135,12 +1102,10 @@ class _Source:
     #: The local file, for sources read from a path (resume needs it).
     path: Optional[str] = None
 
-    def readinto(self, buf: memoryview, offset: int) -> int:
+    def read(self, buf: memoryview, offset: int) -> memoryview:
+        """Up to len(buf) bytes from offset, read into buf, or a view of the
+        source's own memory where the bytes already are (no copy)."""
         raise NotImplementedError
-
-    def view(self, offset: int, length: int) -> Optional[memoryview]:
-        """The bytes themselves, when they are in memory (no copy)."""
-        return None
 
     def stamp(self) -> Tuple[int, int, int]:
         """(inode, size, mtime_ns) of a file opened from a path."""
@@ -1153,52 +1118,13 @@ class _Source:
         pass
 
 
-class _PathSource(_Source):
-    """A regular file on disk, opened by us; every worker reads its own range."""
-
-    def __init__(self, path: str, name: str) -> None:
-        self.path, self.name = path, name
-        self._file = open(path, "rb", buffering=0)  # OSError here: before any I/O
-        st = os.fstat(self._file.fileno())
-        self._stamp = (st.st_size, st.st_mtime_ns)
-        self._inode = st.st_ino
-        self.size = st.st_size
-        self._lock = threading.Lock()  # guards the file position where there is no preadv
-        self._pread = getattr(os, "preadv", None)
-
-    def readinto(self, buf: memoryview, offset: int) -> int:
-        if self._pread is not None:
-            return int(self._pread(self._file.fileno(), [buf], offset))
-        with self._lock:
-            self._file.seek(offset)
-            return self._file.readinto(buf) or 0
-
-    def stamp(self) -> Tuple[int, int, int]:
-        return (self._inode,) + self._stamp
-
-    def check_unchanged(self) -> None:
-        st = os.fstat(self._file.fileno())
-        if (st.st_size, st.st_mtime_ns) != self._stamp:
-            raise SourceChangedError(
-                "%s changed while it was being uploaded (size %d -> %d); not confirmed"
-                % (self.name, self._stamp[0], st.st_size))
-
-    def close(self) -> None:
-        self._file.close()
-
-
 class _BytesSource(_Source):
     def __init__(self, data: Union[bytes, bytearray, memoryview], name: str) -> None:
         self._data = memoryview(data).cast("B")
         self.name, self.size = name, self._data.nbytes
 
-    def readinto(self, buf: memoryview, offset: int) -> int:
-        chunk = self._data[offset:offset + len(buf)]
-        buf[:len(chunk)] = chunk
-        return len(chunk)
-
-    def view(self, offset: int, length: int) -> memoryview:
-        return self._data[offset:offset + length]
+    def read(self, buf: memoryview, offset: int) -> memoryview:
+        return self._data[offset:offset + len(buf)]
 
 
 class _StreamSource(_Source):
@@ -1211,40 +1137,60 @@ class _StreamSource(_Source):
         stream.seek(self._start)
         self._lock = threading.Lock()  # guards the stream's position
 
-    def readinto(self, buf: memoryview, offset: int) -> int:
+    def read(self, buf: memoryview, offset: int) -> memoryview:
         with self._lock:
             self._stream.seek(self._start + offset)
             readinto = getattr(self._stream, "readinto", None)
             if readinto is not None:
-                return int(readinto(buf) or 0)
+                return buf[:readinto(buf) or 0]
             chunk = self._stream.read(len(buf))
-            buf[:len(chunk)] = chunk
-            return len(chunk)
+        buf[:len(chunk)] = chunk
+        return buf[:len(chunk)]
 
     def close(self) -> None:
         if self._owned:
             self._stream.close()
 
 
+class _PathSource(_StreamSource):
+    """A regular file on disk, opened by us; every worker reads its own
+    range, with preadv where there is one, else under the stream's lock."""
+
+    def __init__(self, path: str, name: str) -> None:
+        super().__init__(open(path, "rb", buffering=0), name, owned=True)  # OSError: before any I/O
+        self.path = path
+        st = os.fstat(self._stream.fileno())
+        self._stamp = (st.st_ino, self.size, st.st_mtime_ns)
+        self._pread = getattr(os, "preadv", None)
+
+    def read(self, buf: memoryview, offset: int) -> memoryview:
+        if self._pread is None:
+            return super().read(buf, offset)
+        return buf[:self._pread(self._stream.fileno(), [buf], offset)]
+
+    def stamp(self) -> Tuple[int, int, int]:
+        return self._stamp
+
+    def check_unchanged(self) -> None:
+        st = os.fstat(self._stream.fileno())
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != self._stamp:
+            raise SourceChangedError(
+                "%s changed while it was being uploaded (size %d -> %d); not confirmed"
+                % (self.name, self.size, st.st_size))
+
+
 def _spool(stream: BinaryIO, name: str) -> _Source:
     """A non-seekable stream read to its end, kept in memory if small, else
     in a temp file: its size is what it held, never what it claimed."""
-    head = _read_full(stream, _SPOOL_MEMORY + 1)
-    if len(head) <= _SPOOL_MEMORY:
-        return _BytesSource(head, name)
+    import shutil
     import tempfile
 
-    spool = tempfile.TemporaryFile()  # removed by the OS when closed
+    spool = tempfile.SpooledTemporaryFile(_SPOOL_MEMORY)  # removed when closed
     try:
-        spool.write(head)
-        del head
-        while True:
-            chunk = stream.read(_BLOCK)
-            if not chunk:
-                break
-            spool.write(chunk)
+        shutil.copyfileobj(stream, spool, _BLOCK)
         spool.seek(0)
-        return _StreamSource(spool, name, owned=True)
+        # typeshed's SpooledTemporaryFile is an IO[bytes], not a BinaryIO.
+        return _StreamSource(spool, name, owned=True)  # type: ignore[arg-type]
     except BaseException:
         spool.close()
         raise
@@ -1307,9 +1253,7 @@ def _open_source(item: Any, name: Optional[str], mime_type: Optional[str]) -> _S
         name = _clean_name(name)  # lone surrogates from a command line become U+FFFD
     source: _Source
     if isinstance(item, (str, os.PathLike)):
-        path = os.fspath(item)
-        if not isinstance(path, str):
-            path = os.fsdecode(path)
+        path = os.fsdecode(item)
         source = _open_path(path, name or _clean_name(os.path.basename(path.rstrip("/\\"))))
     elif isinstance(item, (bytes, bytearray, memoryview)):
         if name is None:
@@ -1382,21 +1326,14 @@ class _Payload:
         # Large blocks through sendall, not sendfile: measured on loopback,
         # 1 MiB writes beat socket.sendfile (3460 vs 2784 MiB/s per stream).
         block = self.throttle.block if self.throttle else _BLOCK
+        buf = memoryview(bytearray(min(block, self.length)))
         sock = conn.sock  # connected by endheaders()
-        view = self.source.view(self.offset, self.length)
-        buf = None if view is not None else memoryview(bytearray(min(block, self.length)))
         while self.sent < self.length:
             self.cancel.check()
-            want = min(block, self.length - self.sent)
-            if view is not None:
-                chunk = view[self.sent:self.sent + want]
-            else:
-                assert buf is not None
-                n = self.source.readinto(buf[:want], self.offset + self.sent)
-                if n <= 0:
-                    raise SourceChangedError("%s ended early: it was truncated while being uploaded"
-                                             % self.source.name)
-                chunk = buf[:n]
+            chunk = self.source.read(buf[:self.length - self.sent], self.offset + self.sent)
+            if not chunk:
+                raise SourceChangedError("%s ended early: it was truncated while being uploaded"
+                                         % self.source.name)
             if self.md5 is not None:
                 self.md5.update(chunk)
             if self.throttle is not None:
