@@ -1547,14 +1547,6 @@ def _storage_message(text: str) -> str:
     return _clip(text, 200)
 
 
-def _etag_is_md5(headers: http.client.HTTPMessage) -> bool:
-    """Whether storage's ETag is the MD5 of the body: under SSE-KMS and
-    SSE-C it is 32 hex digits too, but not the MD5 [S3 docs]."""
-    sse = (headers.get("x-amz-server-side-encryption") or "").strip().lower()
-    return not sse.startswith("aws:kms") and \
-        headers.get("x-amz-server-side-encryption-customer-algorithm") is None
-
-
 
 def _index_existing(records: List[Json]) -> Dict[Tuple[str, int], UploadedFile]:
     """(name, size) -> the file already in a folder listing; of two files
@@ -1696,15 +1688,27 @@ class _API:
                 cancel.wait(delay)
                 n += 1
 
-    def _lost(self, what: str, exc: BaseException, cancel: _Cancel,
-              error: Callable[[str], FilesLinkError]) -> BaseException:
-        """What a failed exchange means: the run was stopped, a failure
-        another try may fix, or (a refused certificate) one it cannot."""
-        if cancel.is_set():
-            return _Cancelled()
-        text, transient = _network_error(what, exc)
-        failure = error(self.redact(text))
-        return _Retryable(failure) if transient else failure
+    def _send(self, what: str, n: int, error: Callable[[str], FilesLinkError], method: str,
+              url: str, headers: Dict[str, str], body: Any, cancel: _Cancel, level: int = _INFO,
+              repeatable: bool = True, **options: Any) -> _Response:
+        """One try of an exchange, logged. A failed one is raised as what it
+        means: the run was stopped, a failure another try may fix, or one it
+        cannot (a refused certificate; a lost answer to a call that must not
+        be sent twice)."""
+        started = time.monotonic()
+        try:
+            resp = self._transport.exchange(method, url, headers, body, cancel=cancel, **options)
+        except (OSError, http.client.HTTPException, _Cancelled) as exc:
+            if cancel.is_set():
+                raise _Cancelled() from exc
+            text, transient = _network_error(what, exc)
+            if transient and not (repeatable or isinstance(exc, _ConnectFailed)):
+                text += "; it may have been created all the same: look before trying again"
+                transient = False
+            failure = error(self.redact(text))
+            raise (_Retryable(failure) if transient else failure) from exc
+        _log(level, "%s -> %d (try %d, %.3f s)", what, resp.status, n, time.monotonic() - started)
+        return resp
 
     def call(self, method: str, path: str, payload: Optional[Json] = None, *,
              cancel: _Cancel = _NEVER, attempts: Optional[int] = None,
@@ -1738,20 +1742,9 @@ class _API:
                 _log(_INFO, "%s: rate limit budget spent; waiting %.2f s", what, wait)
                 cancel.wait(wait)
                 wait = self._gate.reserve()
-            started = time.monotonic()
-            try:
-                resp = self._transport.exchange(method, self.base_url + path, headers, body,
-                                                cancel=cancel, max_body=_MAX_BODY, timeout=timeout,
-                                                fresh=not repeatable)
-            except (OSError, http.client.HTTPException) as exc:
-                failure = self._lost(what, exc, cancel, APIError)
-                if isinstance(failure, _Retryable) and not (
-                        repeatable or isinstance(exc, _ConnectFailed)):
-                    failure = APIError("%s; it may have been created all the same: look before trying "
-                                       "again" % failure.error)
-                raise failure from exc
-            _log(_INFO, "%s -> %d (try %d, %.3f s)", what, resp.status, n,
-                 time.monotonic() - started)
+            resp = self._send(what, n, APIError, method, self.base_url + path, headers, body,
+                              cancel, repeatable=repeatable, max_body=_MAX_BODY, timeout=timeout,
+                              fresh=not repeatable)
             limit = _parse_ratelimit(resp.headers)
             if limit is not None:
                 self._gate.update(*limit)
@@ -1811,9 +1804,7 @@ class _API:
             progress: Callable[[int], None], cancel: _Cancel) -> str:
         """PUT bytes [offset, offset + length) of source to a presigned URL,
         retried (each try re-reads from offset); the ETag, quotes included.
-
-        Raises _Expired for an expired URL: only the caller can get a new one.
-        """
+        Raises _Expired for an expired URL: only the caller can get a new one."""
         what = "PUT %s" % ("part %d of %s" % (part, source.name) if part else source.name)
         headers = {"Content-Type": source.mime_type, "User-Agent": _USER_AGENT}
 
@@ -1821,56 +1812,49 @@ class _API:
             payload = _Payload(source, offset, length, self.checksum, progress, cancel,
                                self.throttle)
             try:
-                return self._put_once(what, url, headers, payload, part, n)
+                resp = self._send("%s to %s" % (what, _unsigned_url(url)), n,
+                                  lambda text: TransferError(text, None, part), "PUT", url,
+                                  headers, payload, cancel, level=_DEBUG)
+                return self._etag(what, url, resp, payload.hexdigest(), part)
             except BaseException:
                 payload.rewind()  # the one place a failed try takes its progress back
                 raise
 
         return self.retrying(attempt, what, cancel)
 
-    def _put_once(self, what: str, url: str, headers: Dict[str, str], payload: _Payload,
-                  part: Optional[int], n: int) -> str:
-        started = time.monotonic()
-        try:
-            resp = self._transport.exchange("PUT", url, headers, payload, cancel=payload.cancel)
-        except (OSError, http.client.HTTPException, _Cancelled) as exc:
-            raise self._lost("%s to %s" % (what, _unsigned_url(url)), exc, payload.cancel,
-                             lambda text: TransferError(text, None, part)) from exc
-        _log(_DEBUG, "%s to %s -> %d (try %d, %.3f s)", what, _unsigned_url(url), resp.status, n,
-             time.monotonic() - started)
+    def _etag(self, what: str, url: str, resp: _Response, sent: Optional[str],
+              part: Optional[int]) -> str:
+        """The ETag of a good answer to a PUT, compared with the MD5 of the
+        bytes sent where it is an MD5 at all (under SSE-KMS and SSE-C it is
+        32 hex digits too, but not the MD5 [S3 docs]); otherwise the error
+        the answer means. A mismatch is worth another try."""
+        if not 200 <= resp.status < 300:
+            text = resp.text()
+            if resp.status == 403 and "expired" in text.lower():
+                raise _Expired()
+            error = TransferError("%s to %s: %d %s: %s" % (
+                what, _unsigned_url(url), resp.status, resp.reason,
+                _unsigned_text(_storage_message(text), url)), resp.status, part)
+            if resp.status in _RETRY_STATUSES:
+                raise _Retryable(error, _parse_retry_after(resp.headers.get("Retry-After")))
+            raise error
         etag = resp.headers.get("ETag")
-        if 200 <= resp.status < 300:
-            if etag is not None and _CONTROL.search(etag):
-                raise ProtocolError("%s: storage sent an ETag with control characters" % what)
-            if part and not etag:
-                raise ProtocolError("%s: storage answered without an ETag" % what)
-            self._check_etag(what, etag, payload, resp, part)
-            return etag or ""
-        text = resp.text()
-        if resp.status == 403 and "expired" in text.lower():
-            raise _Expired()
-        error = TransferError("%s to %s: %d %s: %s" % (
-            what, _unsigned_url(url), resp.status, resp.reason,
-            _unsigned_text(_storage_message(text), url)), resp.status, part)
-        if resp.status in _RETRY_STATUSES:
-            raise _Retryable(error, _parse_retry_after(resp.headers.get("Retry-After")))
-        raise error
-
-    def _check_etag(self, what: str, etag: Optional[str], payload: _Payload,
-                    resp: _Response, part: Optional[int]) -> None:
-        """Compare storage's ETag with the MD5 of the bytes sent, where the
-        ETag is an MD5 at all; a mismatch is worth another try."""
-        sent = payload.hexdigest()
+        if etag is not None and _CONTROL.search(etag):
+            raise ProtocolError("%s: storage sent an ETag with control characters" % what)
+        if part and not etag:
+            raise ProtocolError("%s: storage answered without an ETag" % what)
         if not (sent and etag and _PLAIN_MD5.match(etag)):
-            return
-        if not _etag_is_md5(resp.headers):
+            return etag or ""
+        sse = (resp.headers.get("x-amz-server-side-encryption") or "").strip().lower()
+        if sse.startswith("aws:kms") or \
+                resp.headers.get("x-amz-server-side-encryption-customer-algorithm") is not None:
             _log(_DEBUG, "%s: ETag not compared: storage encrypts with SSE-KMS or SSE-C", what)
-            return
-        if etag[1:-1].lower() != sent:
+        elif etag[1:-1].lower() != sent:
             raise _Retryable(TransferError(
                 "%s: storage reports MD5 %s, the bytes sent have MD5 %s; if this storage's "
                 "ETags are not MD5s, upload with checksum=False"
                 % (what, etag[1:-1].lower(), sent), resp.status, part))
+        return etag
 
 
 # ---------------------------------------------------------------------------
