@@ -2385,8 +2385,8 @@ class _Job:
     """One file of a transfer: where it goes, how far it got, how it ended."""
 
     def __init__(self, index: int, source: _Source, cancel: _Cancel,
-                 progress: Optional[Progress], multipart: bool) -> None:
-        self.index, self.source, self.multipart = index, source, multipart
+                 progress: Optional[Progress]) -> None:
+        self.index, self.source = index, source
         self.cancel = _Cancel(cancel)
         self.file_id = self.url = self.s3_key = ""
         self.plan: Optional[_Plan] = None
@@ -2451,7 +2451,6 @@ class _Transfer:
         self.state_dir = _state_dir() if resume else ""
         self.existing: Dict[Tuple[str, int], UploadedFile] = {}
         self.cancel = _Cancel()
-        self.pool: Optional[ThreadPoolExecutor] = None
         #: Tasks handed to a worker: at most `workers`, and the only record of them.
         self.futures: Dict[Future[str], Tuple[_Job, Optional[int]]] = {}
         # Each task, once done, is put here by its worker.  Not
@@ -2476,6 +2475,11 @@ class _Transfer:
     # -- the loop -----------------------------------------------------------
 
     def execute(self, items: Iterable[Any]) -> List[Any]:
+        import concurrent.futures
+
+        # No thread starts until the first task is handed out.
+        self.pool: ThreadPoolExecutor = concurrent.futures.ThreadPoolExecutor(
+            self.workers, "fileslink")
         numbered = enumerate(items)
         try:
             if self.resume:  # a journal that cannot be written fails before any call
@@ -2488,8 +2492,7 @@ class _Transfer:
             self._stop(exc)
             raise
         finally:
-            if self.pool is not None:
-                self.pool.shutdown(wait=not self.cancel.is_set())
+            self.pool.shutdown(wait=not self.cancel.is_set())
         return self.results
 
     def _fill(self, numbered: Iterator[Tuple[int, Any]]) -> bool:
@@ -2513,10 +2516,6 @@ class _Transfer:
         number = job.todo.popleft()
         if not job.todo:
             queue.popleft()
-        if self.pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self.pool = ThreadPoolExecutor(self.workers, "fileslink")
         job.inflight += 1
         if not job.stored_here:
             job.early.add(number)
@@ -2539,22 +2538,21 @@ class _Transfer:
 
     def _put_single(self, job: _Job) -> str:
         """PUT a whole file; presign it again if its URL expired. Its ETag."""
-        for _ in range(_EXPIRED_RETRIES):
+        presigned = 1
+        while True:
             try:
                 return self.api.put(job.url, job.source, 0, job.source.size, None,
                                     job.add_progress, job.cancel)
             except _Expired:
-                _log(_INFO, "%s: presigned URL expired; presigning again", job.source.name)
-                # A new id: the old row stays unconfirmed, and so invisible.
-                job.file_id, job.url, job.s3_key = self.api.presign(
-                    self.folder, [job.source], job.cancel)[0]
-        try:
-            return self.api.put(job.url, job.source, 0, job.source.size, None,
-                                job.add_progress, job.cancel)
-        except _Expired:
-            raise TransferError("the presigned URL for %s kept expiring before the upload "
-                                "ended (presigned %d times); check the machine's clock"
-                                % (job.source.name, _EXPIRED_RETRIES + 1), 403) from None
+                if presigned > _EXPIRED_RETRIES:
+                    raise TransferError("the presigned URL for %s kept expiring before the "
+                                        "upload ended (presigned %d times); check the machine's "
+                                        "clock" % (job.source.name, presigned), 403) from None
+            _log(_INFO, "%s: presigned URL expired; presigning again", job.source.name)
+            # A new id: the old row stays unconfirmed, and so invisible.
+            job.file_id, job.url, job.s3_key = self.api.presign(
+                self.folder, [job.source], job.cancel)[0]
+            presigned += 1
 
     def _admit(self, numbered: Iterator[Tuple[int, Any]]) -> None:
         """Open the next sources: small ones are presigned as a batch, big
@@ -2577,10 +2575,9 @@ class _Transfer:
                 source.close()
                 self._record(index, source.name, found)
                 continue
-            job = _Job(index, source, self.cancel, self.progress,
-                       0 < source.size >= self.threshold)
+            job = _Job(index, source, self.cancel, self.progress)
             self.live.add(job)
-            if job.multipart:
+            if 0 < source.size >= self.threshold:
                 self.waiting.append(job)
                 break
             batch.append(job)
@@ -2682,17 +2679,16 @@ class _Transfer:
     # -- the coordinator's decisions ------------------------------------------
 
     def _reap(self) -> None:
-        """Wait for some task to end and act on what it means."""
+        """Act on the next task to end; wake at least once a second to see
+        whether a multipart upload runs late."""
         import queue
         from concurrent.futures import CancelledError
 
         try:
-            done = [self.done.get(timeout=1.0)]
+            future = self.done.get(timeout=1.0)
         except queue.Empty:
-            done = []
-        while not self.done.empty():
-            done.append(self.done.get())
-        for future in done:
+            future = None
+        if future is not None:
             job, number = self.futures.pop(future)
             job.inflight -= 1
             try:
@@ -2757,16 +2753,12 @@ class _Transfer:
         if job.error is not None:
             return
         job.error = exc
-        self._withdraw(job)
-        for future, (other, _) in self.futures.items():
-            if other is job:
-                future.cancel()
+        self._withdraw(job)  # a task of it not yet started raises _Cancelled at once
         if job.plan is None:
             self._finish(job, exc)
 
     def _withdraw(self, job: _Job) -> None:
-        """Stop a job's tasks: those running now, and those not handed out."""
-        job.cancel.set()
+        job.cancel.set()  # the tasks running now; then those not handed out
         job.todo.clear()
         for queue in (self.singles, self.parts):
             if job in queue:
@@ -2777,7 +2769,6 @@ class _Transfer:
         skew, a stalled start), the upload is initiated again, a bounded
         number of times; later, nothing can save it: files.link cannot
         re-sign one part."""
-        assert job.plan is not None
         if job.restart:
             return  # a sibling part told the news already
         if number in job.early and job.expired_tries < _EXPIRED_RETRIES:
@@ -2785,13 +2776,12 @@ class _Transfer:
             job.restart = True
             self._withdraw(job)  # the other parts' URLs are as old
             return
-        lifetime = job.lifetime
         job.expired_for_good = True  # a journal of dead URLs could not be resumed
         self._fail(job, TransferError(
             "the presigned URL of part %d of %s expired after the upload had run %s (the "
             "URLs' lifetime is %s); the multipart upload was aborted" % (
                 number or 0, job.source.name, _duration(time.monotonic() - job.initiated),
-                _duration(lifetime[1]) if lifetime else "not stated"), 403, number))
+                _duration(job.lifetime[1]) if job.lifetime else "not stated"), 403, number))
 
     def _reinitiate(self, job: _Job) -> None:
         if len(job.etags) > job.stored_here:  # resumed: the user must hear why not
@@ -2835,12 +2825,10 @@ class _Transfer:
                 self._succeed(job)
 
     def _complete(self, job: _Job) -> None:
-        assert job.plan is not None
-        plan = job.plan
-
         def complete() -> None:
+            assert job.plan is not None
             job.source.check_unchanged()
-            self.api.complete(plan, job.etags, self.cancel)
+            self.api.complete(job.plan, job.etags, self.cancel)
 
         if self._step([job], complete):
             self.open_uploads.discard(job)
@@ -2906,22 +2894,6 @@ class _Transfer:
                 self.on_file_failed = True  # not called again while the run stops
                 raise
 
-    def _abort_all(self, jobs: List[_Job], timeout: Optional[float]) -> Dict[_Job, Optional[str]]:
-        """Abort every open upload at once: after Ctrl-C the user waits for
-        the slowest abort, not for the sum of them."""
-        failed: Dict[_Job, Optional[str]] = {}
-
-        def abort(job: _Job) -> None:
-            failed[job] = "the abort did not end"  # until it did
-            failed[job] = self._abort(job, timeout)
-
-        threads = [threading.Thread(target=abort, args=(job,), daemon=True) for job in jobs]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return failed
-
     def _stop(self, exc: BaseException) -> None:
         """The run ends early (Ctrl-C, SIGTERM, a fatal error, a closed
         stdout): stop every worker now, abort every multipart upload left
@@ -2930,7 +2902,19 @@ class _Transfer:
         for future in self.futures:
             future.cancel()  # 3.8 has no shutdown(cancel_futures=True)
         timeout = None if isinstance(exc, Exception) else _ABORT_TIMEOUT
-        failed = self._abort_all(sorted(self.open_uploads, key=lambda j: j.index), timeout)
+        failed: Dict[_Job, Optional[str]] = {}
+
+        def abort(job: _Job) -> None:
+            failed[job] = "the abort did not end"  # until it did
+            failed[job] = self._abort(job, timeout)
+
+        # All at once: after Ctrl-C the user waits for the slowest abort, not for the sum.
+        threads = [threading.Thread(target=abort, args=(job,), daemon=True)
+                   for job in sorted(self.open_uploads, key=lambda j: j.index)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         for job in sorted(self.live, key=lambda j: j.index):
             text = "upload of %s stopped" % job.source.name
             aborted: Optional[bool] = None
