@@ -1442,14 +1442,13 @@ def _parse_retry_after(value: Optional[str]) -> Optional[float]:
     """Retry-After as seconds from now: delta-seconds or an HTTP date."""
     if not value:
         return None
-    value = value.strip()
     try:
         return max(0.0, float(value))
     except ValueError:
         pass
     import email.utils  # already loaded by http.client
 
-    parsed = email.utils.parsedate_tz(value)
+    parsed = email.utils.parsedate_tz(value.strip())
     if parsed is None:
         return None
     return max(0.0, email.utils.mktime_tz(parsed) - time.time())
@@ -1463,17 +1462,16 @@ _EPOCH_RESET = 1e9
 def _parse_ratelimit(headers: http.client.HTTPMessage) -> Optional[Tuple[int, float]]:
     """(calls left, seconds to reset) from the IETF RateLimit header fields
     or their X-RateLimit- forerunners."""
-    left: Optional[str] = None
-    reset: Optional[str] = None
-    combined = headers.get("ratelimit")
-    if combined:
-        found_left = re.search(r"(?:^|[;,\s])r=(\d+)", combined)
-        found_reset = re.search(r"(?:^|[;,\s])t=(\d+)", combined)
-        if found_left and found_reset:
-            left, reset = found_left.group(1), found_reset.group(1)
-    for prefix in ("ratelimit-", "x-ratelimit-"):
-        if left is None:
-            left, reset = headers.get(prefix + "remaining"), headers.get(prefix + "reset")
+    combined = headers.get("ratelimit") or ""
+    found_left = re.search(r"(?:^|[;,\s])r=(\d+)", combined)
+    found_reset = re.search(r"(?:^|[;,\s])t=(\d+)", combined)
+    fields: Tuple[Optional[str], Optional[str]]
+    if found_left and found_reset:
+        fields = found_left.group(1), found_reset.group(1)
+    else:
+        prefix = "ratelimit-" if "ratelimit-remaining" in headers else "x-ratelimit-"
+        fields = headers.get(prefix + "remaining"), headers.get(prefix + "reset")
+    left, reset = fields
     try:
         calls, seconds = int(left or ""), float(reset or "")
     except ValueError:
@@ -2404,7 +2402,7 @@ class _Job:
         self.early: Set[Optional[int]] = set()
         self.stored_here = 0
         self.restart = False  # its part URLs expired early: initiate again once idle
-        self.expired_for_good = False
+        self.resumable = False  # its journal holds a record a rerun could resume
         self.lifetime: Optional[Tuple[float, float]] = None  # of its part URLs: (signed, s)
         self.journal: Optional[_Journal] = None  # with resume on, for a path
         self.warned = False
@@ -2620,9 +2618,12 @@ class _Transfer:
                 job.journal = _Journal.open(self.state_dir, self.api.base_url, self.folder,
                                             path, job.source.name)
                 job.plan = self._resumed_plan(job, identity)
+                job.resumable = job.plan is not None
         if job.plan is None:
             job.plan = self.api.initiate(self.folder, job.source, self.cancel)
             job.initiated = time.monotonic()
+            # Open from here on: if its journal cannot be written, it is aborted.
+            self.open_uploads.add(job)
             if job.journal is not None:
                 job.journal.create(_journal_record(
                     self.api.base_url, self.folder, identity,
@@ -2630,6 +2631,7 @@ class _Transfer:
                     bucket=job.plan.bucket, name=job.source.name,
                     mime_type=job.source.mime_type, size=job.source.size,
                     part_size=job.plan.part_size, urls=job.plan.urls, now=time.time()))
+                job.resumable = True
         job.file_id, job.s3_key = job.plan.file_id, job.plan.key
         job.lifetime = _url_lifetime(job.plan.urls[-1])  # handed out together: one lifetime
         job.todo = collections.deque(n for n in range(1, len(job.plan.urls) + 1)
@@ -2776,7 +2778,7 @@ class _Transfer:
             job.restart = True
             self._withdraw(job)  # the other parts' URLs are as old
             return
-        job.expired_for_good = True  # a journal of dead URLs could not be resumed
+        job.resumable = False  # a journal of dead URLs could not be resumed
         self._fail(job, TransferError(
             "the presigned URL of part %d of %s expired after the upload had run %s (the "
             "URLs' lifetime is %s); the multipart upload was aborted" % (
@@ -2791,7 +2793,7 @@ class _Transfer:
             _log(_INFO, "%s: part URLs expired before any part was stored; initiating again",
                  job.source.name)
         self._abort(job, keep=False)
-        job.restart, job.plan = False, None
+        job.restart, job.plan, job.resumable = False, None, False
         job.etags, job.early, job.stored_here = {}, set(), 0
         job.add_progress(-job.sent())
         job.cancel.detach()
@@ -2843,7 +2845,7 @@ class _Transfer:
         resume on and `keep`, it is left open on purpose, journaled."""
         assert job.plan is not None
         self.open_uploads.discard(job)
-        if job.journal is not None and keep and not job.expired_for_good:
+        if keep and job.resumable:
             _log(_INFO, "%s: multipart upload kept, to be resumed", job.source.name)
             return _KEPT
         reason = self.api.abort(job.plan.ids(), timeout)
