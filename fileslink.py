@@ -2622,21 +2622,21 @@ class _Transfer:
         if job.plan is None:
             job.plan = self.api.initiate(self.folder, job.source, self.cancel)
             job.initiated = time.monotonic()
-            # Open from here on: if its journal cannot be written, it is aborted.
-            self.open_uploads.add(job)
-            if job.journal is not None:
-                job.journal.create(_journal_record(
-                    self.api.base_url, self.folder, identity,
-                    file_id=job.plan.file_id, upload_id=job.plan.upload_id, key=job.plan.key,
-                    bucket=job.plan.bucket, name=job.source.name,
-                    mime_type=job.source.mime_type, size=job.source.size,
-                    part_size=job.plan.part_size, urls=job.plan.urls, now=time.time()))
-                job.resumable = True
+        # Open from here on, and kept open only while a journal record of it
+        # exists: one that cannot be written (a full disk) aborts it.
+        self.open_uploads.add(job)
+        if job.journal is not None and not job.resumable:
+            job.journal.create(_journal_record(
+                self.api.base_url, self.folder, identity,
+                file_id=job.plan.file_id, upload_id=job.plan.upload_id, key=job.plan.key,
+                bucket=job.plan.bucket, name=job.source.name, mime_type=job.source.mime_type,
+                size=job.source.size, part_size=job.plan.part_size, urls=job.plan.urls,
+                now=time.time()))
+            job.resumable = True
         job.file_id, job.s3_key = job.plan.file_id, job.plan.key
         job.lifetime = _url_lifetime(job.plan.urls[-1])  # handed out together: one lifetime
         job.todo = collections.deque(n for n in range(1, len(job.plan.urls) + 1)
                                      if n not in job.etags)
-        self.open_uploads.add(job)
 
     @staticmethod
     def _identity(source: _Source) -> Json:
