@@ -2793,6 +2793,9 @@ class _Transfer:
             _log(_INFO, "%s: part URLs expired before any part was stored; initiating again",
                  job.source.name)
         self._abort(job, keep=False)
+        if job.journal is not None:  # its lock file went with it: lock anew, or lose the lock
+            job.journal.close()
+            job.journal = None
         job.restart, job.plan, job.resumable = False, None, False
         job.etags, job.early, job.stored_here = {}, set(), 0
         job.add_progress(-job.sent())
