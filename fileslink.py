@@ -1355,14 +1355,13 @@ def _parse_retry_after(value: Optional[str]) -> Optional[float]:
     """Retry-After as seconds from now: delta-seconds or an HTTP date."""
     if not value:
         return None
-    value = value.strip()
     try:
         return max(0.0, float(value))
     except ValueError:
         pass
     import email.utils  # already loaded by http.client
 
-    parsed = email.utils.parsedate_tz(value)
+    parsed = email.utils.parsedate_tz(value.strip())
     if parsed is None:
         return None
     return max(0.0, email.utils.mktime_tz(parsed) - time.time())
@@ -1376,17 +1375,16 @@ _EPOCH_RESET = 1e9
 def _parse_ratelimit(headers: http.client.HTTPMessage) -> Optional[Tuple[int, float]]:
     """(calls left, seconds to reset) from the IETF RateLimit header fields
     or their X-RateLimit- forerunners."""
-    left: Optional[str] = None
-    reset: Optional[str] = None
-    combined = headers.get("ratelimit")
-    if combined:
-        found_left = re.search(r"(?:^|[;,\s])r=(\d+)", combined)
-        found_reset = re.search(r"(?:^|[;,\s])t=(\d+)", combined)
-        if found_left and found_reset:
-            left, reset = found_left.group(1), found_reset.group(1)
-    for prefix in ("ratelimit-", "x-ratelimit-"):
-        if left is None:
-            left, reset = headers.get(prefix + "remaining"), headers.get(prefix + "reset")
+    combined = headers.get("ratelimit") or ""
+    found_left = re.search(r"(?:^|[;,\s])r=(\d+)", combined)
+    found_reset = re.search(r"(?:^|[;,\s])t=(\d+)", combined)
+    fields: Tuple[Optional[str], Optional[str]]
+    if found_left and found_reset:
+        fields = found_left.group(1), found_reset.group(1)
+    else:
+        prefix = "ratelimit-" if "ratelimit-remaining" in headers else "x-ratelimit-"
+        fields = headers.get(prefix + "remaining"), headers.get(prefix + "reset")
+    left, reset = fields
     try:
         calls, seconds = int(left or ""), float(reset or "")
     except ValueError:
@@ -1458,14 +1456,6 @@ def _storage_message(text: str) -> str:
     if fields:
         return ": ".join(v for v in (fields.get("Code"), fields.get("Message")) if v)
     return _clip(text, 200)
-
-
-def _etag_is_md5(headers: http.client.HTTPMessage) -> bool:
-    """Whether storage's ETag is the MD5 of the body: under SSE-KMS and
-    SSE-C it is 32 hex digits too, but not the MD5 [S3 docs]."""
-    sse = (headers.get("x-amz-server-side-encryption") or "").strip().lower()
-    return not sse.startswith("aws:kms") and \
-        headers.get("x-amz-server-side-encryption-customer-algorithm") is None
 
 
 
@@ -1609,15 +1599,27 @@ class _API:
                 cancel.wait(delay)
                 n += 1
 
-    def _lost(self, what: str, exc: BaseException, cancel: _Cancel,
-              error: Callable[[str], FilesLinkError]) -> BaseException:
-        """What a failed exchange means: the run was stopped, a failure
-        another try may fix, or (a refused certificate) one it cannot."""
-        if cancel.is_set():
-            return _Cancelled()
-        text, transient = _network_error(what, exc)
-        failure = error(self.redact(text))
-        return _Retryable(failure) if transient else failure
+    def _send(self, what: str, n: int, error: Callable[[str], FilesLinkError], method: str,
+              url: str, headers: Dict[str, str], body: Any, cancel: _Cancel, level: int = _INFO,
+              repeatable: bool = True, **options: Any) -> _Response:
+        """One try of an exchange, logged. A failed one is raised as what it
+        means: the run was stopped, a failure another try may fix, or one it
+        cannot (a refused certificate; a lost answer to a call that must not
+        be sent twice)."""
+        started = time.monotonic()
+        try:
+            resp = self._transport.exchange(method, url, headers, body, cancel=cancel, **options)
+        except (OSError, http.client.HTTPException, _Cancelled) as exc:
+            if cancel.is_set():
+                raise _Cancelled() from exc
+            text, transient = _network_error(what, exc)
+            if transient and not (repeatable or isinstance(exc, _ConnectFailed)):
+                text += "; it may have been created all the same: look before trying again"
+                transient = False
+            failure = error(self.redact(text))
+            raise (_Retryable(failure) if transient else failure) from exc
+        _log(level, "%s -> %d (try %d, %.3f s)", what, resp.status, n, time.monotonic() - started)
+        return resp
 
     def call(self, method: str, path: str, payload: Optional[Json] = None, *,
              cancel: _Cancel = _NEVER, attempts: Optional[int] = None,
@@ -1651,20 +1653,9 @@ class _API:
                 _log(_INFO, "%s: rate limit budget spent; waiting %.2f s", what, wait)
                 cancel.wait(wait)
                 wait = self._gate.reserve()
-            started = time.monotonic()
-            try:
-                resp = self._transport.exchange(method, self.base_url + path, headers, body,
-                                                cancel=cancel, max_body=_MAX_BODY, timeout=timeout,
-                                                fresh=not repeatable)
-            except (OSError, http.client.HTTPException) as exc:
-                failure = self._lost(what, exc, cancel, APIError)
-                if isinstance(failure, _Retryable) and not (
-                        repeatable or isinstance(exc, _ConnectFailed)):
-                    failure = APIError("%s; it may have been created all the same: look before trying "
-                                       "again" % failure.error)
-                raise failure from exc
-            _log(_INFO, "%s -> %d (try %d, %.3f s)", what, resp.status, n,
-                 time.monotonic() - started)
+            resp = self._send(what, n, APIError, method, self.base_url + path, headers, body,
+                              cancel, repeatable=repeatable, max_body=_MAX_BODY, timeout=timeout,
+                              fresh=not repeatable)
             limit = _parse_ratelimit(resp.headers)
             if limit is not None:
                 self._gate.update(*limit)
@@ -1724,9 +1715,7 @@ class _API:
             progress: Callable[[int], None], cancel: _Cancel) -> str:
         """PUT bytes [offset, offset + length) of source to a presigned URL,
         retried (each try re-reads from offset); the ETag, quotes included.
-
-        Raises _Expired for an expired URL: only the caller can get a new one.
-        """
+        Raises _Expired for an expired URL: only the caller can get a new one."""
         what = "PUT %s" % ("part %d of %s" % (part, source.name) if part else source.name)
         headers = {"Content-Type": source.mime_type, "User-Agent": _USER_AGENT}
 
@@ -1734,56 +1723,49 @@ class _API:
             payload = _Payload(source, offset, length, self.checksum, progress, cancel,
                                self.throttle)
             try:
-                return self._put_once(what, url, headers, payload, part, n)
+                resp = self._send("%s to %s" % (what, _unsigned_url(url)), n,
+                                  lambda text: TransferError(text, None, part), "PUT", url,
+                                  headers, payload, cancel, level=_DEBUG)
+                return self._etag(what, url, resp, payload.hexdigest(), part)
             except BaseException:
                 payload.rewind()  # the one place a failed try takes its progress back
                 raise
 
         return self.retrying(attempt, what, cancel)
 
-    def _put_once(self, what: str, url: str, headers: Dict[str, str], payload: _Payload,
-                  part: Optional[int], n: int) -> str:
-        started = time.monotonic()
-        try:
-            resp = self._transport.exchange("PUT", url, headers, payload, cancel=payload.cancel)
-        except (OSError, http.client.HTTPException, _Cancelled) as exc:
-            raise self._lost("%s to %s" % (what, _unsigned_url(url)), exc, payload.cancel,
-                             lambda text: TransferError(text, None, part)) from exc
-        _log(_DEBUG, "%s to %s -> %d (try %d, %.3f s)", what, _unsigned_url(url), resp.status, n,
-             time.monotonic() - started)
+    def _etag(self, what: str, url: str, resp: _Response, sent: Optional[str],
+              part: Optional[int]) -> str:
+        """The ETag of a good answer to a PUT, compared with the MD5 of the
+        bytes sent where it is an MD5 at all (under SSE-KMS and SSE-C it is
+        32 hex digits too, but not the MD5 [S3 docs]); otherwise the error
+        the answer means. A mismatch is worth another try."""
+        if not 200 <= resp.status < 300:
+            text = resp.text()
+            if resp.status == 403 and "expired" in text.lower():
+                raise _Expired()
+            error = TransferError("%s to %s: %d %s: %s" % (
+                what, _unsigned_url(url), resp.status, resp.reason,
+                _unsigned_text(_storage_message(text), url)), resp.status, part)
+            if resp.status in _RETRY_STATUSES:
+                raise _Retryable(error, _parse_retry_after(resp.headers.get("Retry-After")))
+            raise error
         etag = resp.headers.get("ETag")
-        if 200 <= resp.status < 300:
-            if etag is not None and _CONTROL.search(etag):
-                raise ProtocolError("%s: storage sent an ETag with control characters" % what)
-            if part and not etag:
-                raise ProtocolError("%s: storage answered without an ETag" % what)
-            self._check_etag(what, etag, payload, resp, part)
-            return etag or ""
-        text = resp.text()
-        if resp.status == 403 and "expired" in text.lower():
-            raise _Expired()
-        error = TransferError("%s to %s: %d %s: %s" % (
-            what, _unsigned_url(url), resp.status, resp.reason,
-            _unsigned_text(_storage_message(text), url)), resp.status, part)
-        if resp.status in _RETRY_STATUSES:
-            raise _Retryable(error, _parse_retry_after(resp.headers.get("Retry-After")))
-        raise error
-
-    def _check_etag(self, what: str, etag: Optional[str], payload: _Payload,
-                    resp: _Response, part: Optional[int]) -> None:
-        """Compare storage's ETag with the MD5 of the bytes sent, where the
-        ETag is an MD5 at all; a mismatch is worth another try."""
-        sent = payload.hexdigest()
+        if etag is not None and _CONTROL.search(etag):
+            raise ProtocolError("%s: storage sent an ETag with control characters" % what)
+        if part and not etag:
+            raise ProtocolError("%s: storage answered without an ETag" % what)
         if not (sent and etag and _PLAIN_MD5.match(etag)):
-            return
-        if not _etag_is_md5(resp.headers):
+            return etag or ""
+        sse = (resp.headers.get("x-amz-server-side-encryption") or "").strip().lower()
+        if sse.startswith("aws:kms") or \
+                resp.headers.get("x-amz-server-side-encryption-customer-algorithm") is not None:
             _log(_DEBUG, "%s: ETag not compared: storage encrypts with SSE-KMS or SSE-C", what)
-            return
-        if etag[1:-1].lower() != sent:
+        elif etag[1:-1].lower() != sent:
             raise _Retryable(TransferError(
                 "%s: storage reports MD5 %s, the bytes sent have MD5 %s; if this storage's "
                 "ETags are not MD5s, upload with checksum=False"
                 % (what, etag[1:-1].lower(), sent), resp.status, part))
+        return etag
 
 
 # ---------------------------------------------------------------------------
@@ -2314,8 +2296,8 @@ class _Job:
     """One file of a transfer: where it goes, how far it got, how it ended."""
 
     def __init__(self, index: int, source: _Source, cancel: _Cancel,
-                 progress: Optional[Progress], multipart: bool) -> None:
-        self.index, self.source, self.multipart = index, source, multipart
+                 progress: Optional[Progress]) -> None:
+        self.index, self.source = index, source
         self.cancel = _Cancel(cancel)
         self.file_id = self.url = self.s3_key = ""
         self.plan: Optional[_Plan] = None
@@ -2333,7 +2315,7 @@ class _Job:
         self.early: Set[Optional[int]] = set()
         self.stored_here = 0
         self.restart = False  # its part URLs expired early: initiate again once idle
-        self.expired_for_good = False
+        self.resumable = False  # its journal holds a record a rerun could resume
         self.lifetime: Optional[Tuple[float, float]] = None  # of its part URLs: (signed, s)
         self.journal: Optional[_Journal] = None  # with resume on, for a path
         self.warned = False
@@ -2380,7 +2362,6 @@ class _Transfer:
         self.state_dir = _state_dir() if resume else ""
         self.existing: Dict[Tuple[str, int], UploadedFile] = {}
         self.cancel = _Cancel()
-        self.pool: Optional[ThreadPoolExecutor] = None
         #: Tasks handed to a worker: at most `workers`, and the only record of them.
         self.futures: Dict[Future[str], Tuple[_Job, Optional[int]]] = {}
         # Each task, once done, is put here by its worker.  Not
@@ -2405,6 +2386,11 @@ class _Transfer:
     # -- the loop -----------------------------------------------------------
 
     def execute(self, items: Iterable[Any]) -> List[Any]:
+        import concurrent.futures
+
+        # No thread starts until the first task is handed out.
+        self.pool: ThreadPoolExecutor = concurrent.futures.ThreadPoolExecutor(
+            self.workers, "fileslink")
         numbered = enumerate(items)
         try:
             if self.resume:  # a journal that cannot be written fails before any call
@@ -2417,8 +2403,7 @@ class _Transfer:
             self._stop(exc)
             raise
         finally:
-            if self.pool is not None:
-                self.pool.shutdown(wait=not self.cancel.is_set())
+            self.pool.shutdown(wait=not self.cancel.is_set())
         return self.results
 
     def _fill(self, numbered: Iterator[Tuple[int, Any]]) -> bool:
@@ -2442,10 +2427,6 @@ class _Transfer:
         number = job.todo.popleft()
         if not job.todo:
             queue.popleft()
-        if self.pool is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self.pool = ThreadPoolExecutor(self.workers, "fileslink")
         job.inflight += 1
         if not job.stored_here:
             job.early.add(number)
@@ -2468,22 +2449,21 @@ class _Transfer:
 
     def _put_single(self, job: _Job) -> str:
         """PUT a whole file; presign it again if its URL expired. Its ETag."""
-        for _ in range(_EXPIRED_RETRIES):
+        presigned = 1
+        while True:
             try:
                 return self.api.put(job.url, job.source, 0, job.source.size, None,
                                     job.add_progress, job.cancel)
             except _Expired:
-                _log(_INFO, "%s: presigned URL expired; presigning again", job.source.name)
-                # A new id: the old row stays unconfirmed, and so invisible.
-                job.file_id, job.url, job.s3_key = self.api.presign(
-                    self.folder, [job.source], job.cancel)[0]
-        try:
-            return self.api.put(job.url, job.source, 0, job.source.size, None,
-                                job.add_progress, job.cancel)
-        except _Expired:
-            raise TransferError("the presigned URL for %s kept expiring before the upload "
-                                "ended (presigned %d times); check the machine's clock"
-                                % (job.source.name, _EXPIRED_RETRIES + 1), 403) from None
+                if presigned > _EXPIRED_RETRIES:
+                    raise TransferError("the presigned URL for %s kept expiring before the "
+                                        "upload ended (presigned %d times); check the machine's "
+                                        "clock" % (job.source.name, presigned), 403) from None
+            _log(_INFO, "%s: presigned URL expired; presigning again", job.source.name)
+            # A new id: the old row stays unconfirmed, and so invisible.
+            job.file_id, job.url, job.s3_key = self.api.presign(
+                self.folder, [job.source], job.cancel)[0]
+            presigned += 1
 
     def _admit(self, numbered: Iterator[Tuple[int, Any]]) -> None:
         """Open the next sources: small ones are presigned as a batch, big
@@ -2506,10 +2486,9 @@ class _Transfer:
                 source.close()
                 self._record(index, source.name, found)
                 continue
-            job = _Job(index, source, self.cancel, self.progress,
-                       0 < source.size >= self.threshold)
+            job = _Job(index, source, self.cancel, self.progress)
             self.live.add(job)
-            if job.multipart:
+            if 0 < source.size >= self.threshold:
                 self.waiting.append(job)
                 break
             batch.append(job)
@@ -2552,21 +2531,25 @@ class _Transfer:
                 job.journal = _Journal.open(self.state_dir, self.api.base_url, self.folder,
                                             path, job.source.name)
                 job.plan = self._resumed_plan(job, identity)
+                job.resumable = job.plan is not None
         if job.plan is None:
             job.plan = self.api.initiate(self.folder, job.source, self.cancel)
             job.initiated = time.monotonic()
-            if job.journal is not None:
-                job.journal.create(_journal_record(
-                    self.api.base_url, self.folder, identity,
-                    file_id=job.plan.file_id, upload_id=job.plan.upload_id, key=job.plan.key,
-                    bucket=job.plan.bucket, name=job.source.name,
-                    mime_type=job.source.mime_type, size=job.source.size,
-                    part_size=job.plan.part_size, urls=job.plan.urls, now=time.time()))
+        # Open from here on, and kept open only while a journal record of it
+        # exists: one that cannot be written (a full disk) aborts it.
+        self.open_uploads.add(job)
+        if job.journal is not None and not job.resumable:
+            job.journal.create(_journal_record(
+                self.api.base_url, self.folder, identity,
+                file_id=job.plan.file_id, upload_id=job.plan.upload_id, key=job.plan.key,
+                bucket=job.plan.bucket, name=job.source.name, mime_type=job.source.mime_type,
+                size=job.source.size, part_size=job.plan.part_size, urls=job.plan.urls,
+                now=time.time()))
+            job.resumable = True
         job.file_id, job.s3_key = job.plan.file_id, job.plan.key
         job.lifetime = _url_lifetime(job.plan.urls[-1])  # handed out together: one lifetime
         job.todo = collections.deque(n for n in range(1, len(job.plan.urls) + 1)
                                      if n not in job.etags)
-        self.open_uploads.add(job)
 
     @staticmethod
     def _identity(source: _Source) -> Json:
@@ -2611,17 +2594,16 @@ class _Transfer:
     # -- the coordinator's decisions ------------------------------------------
 
     def _reap(self) -> None:
-        """Wait for some task to end and act on what it means."""
+        """Act on the next task to end; wake at least once a second to see
+        whether a multipart upload runs late."""
         import queue
         from concurrent.futures import CancelledError
 
         try:
-            done = [self.done.get(timeout=1.0)]
+            future = self.done.get(timeout=1.0)
         except queue.Empty:
-            done = []
-        while not self.done.empty():
-            done.append(self.done.get())
-        for future in done:
+            future = None
+        if future is not None:
             job, number = self.futures.pop(future)
             job.inflight -= 1
             try:
@@ -2686,16 +2668,12 @@ class _Transfer:
         if job.error is not None:
             return
         job.error = exc
-        self._withdraw(job)
-        for future, (other, _) in self.futures.items():
-            if other is job:
-                future.cancel()
+        self._withdraw(job)  # a task of it not yet started raises _Cancelled at once
         if job.plan is None:
             self._finish(job, exc)
 
     def _withdraw(self, job: _Job) -> None:
-        """Stop a job's tasks: those running now, and those not handed out."""
-        job.cancel.set()
+        job.cancel.set()  # the tasks running now; then those not handed out
         job.todo.clear()
         for queue in (self.singles, self.parts):
             if job in queue:
@@ -2706,7 +2684,6 @@ class _Transfer:
         skew, a stalled start), the upload is initiated again, a bounded
         number of times; later, nothing can save it: files.link cannot
         re-sign one part."""
-        assert job.plan is not None
         if job.restart:
             return  # a sibling part told the news already
         if number in job.early and job.expired_tries < _EXPIRED_RETRIES:
@@ -2714,13 +2691,12 @@ class _Transfer:
             job.restart = True
             self._withdraw(job)  # the other parts' URLs are as old
             return
-        lifetime = job.lifetime
-        job.expired_for_good = True  # a journal of dead URLs could not be resumed
+        job.resumable = False  # a journal of dead URLs could not be resumed
         self._fail(job, TransferError(
             "the presigned URL of part %d of %s expired after the upload had run %s (the "
             "URLs' lifetime is %s); the multipart upload was aborted" % (
                 number or 0, job.source.name, _duration(time.monotonic() - job.initiated),
-                _duration(lifetime[1]) if lifetime else "not stated"), 403, number))
+                _duration(job.lifetime[1]) if job.lifetime else "not stated"), 403, number))
 
     def _reinitiate(self, job: _Job) -> None:
         if len(job.etags) > job.stored_here:  # resumed: the user must hear why not
@@ -2730,7 +2706,10 @@ class _Transfer:
             _log(_INFO, "%s: part URLs expired before any part was stored; initiating again",
                  job.source.name)
         self._abort(job, keep=False)
-        job.restart, job.plan = False, None
+        if job.journal is not None:  # its lock file went with it: lock anew, or lose the lock
+            job.journal.close()
+            job.journal = None
+        job.restart, job.plan, job.resumable = False, None, False
         job.etags, job.early, job.stored_here = {}, set(), 0
         job.add_progress(-job.sent())
         job.cancel.detach()
@@ -2764,12 +2743,10 @@ class _Transfer:
                 self._succeed(job)
 
     def _complete(self, job: _Job) -> None:
-        assert job.plan is not None
-        plan = job.plan
-
         def complete() -> None:
+            assert job.plan is not None
             job.source.check_unchanged()
-            self.api.complete(plan, job.etags, self.cancel)
+            self.api.complete(job.plan, job.etags, self.cancel)
 
         if self._step([job], complete):
             self.open_uploads.discard(job)
@@ -2784,7 +2761,7 @@ class _Transfer:
         resume on and `keep`, it is left open on purpose, journaled."""
         assert job.plan is not None
         self.open_uploads.discard(job)
-        if job.journal is not None and keep and not job.expired_for_good:
+        if keep and job.resumable:
             _log(_INFO, "%s: multipart upload kept, to be resumed", job.source.name)
             return _KEPT
         reason = self.api.abort(job.plan.ids(), timeout)
@@ -2835,22 +2812,6 @@ class _Transfer:
                 self.on_file_failed = True  # not called again while the run stops
                 raise
 
-    def _abort_all(self, jobs: List[_Job], timeout: Optional[float]) -> Dict[_Job, Optional[str]]:
-        """Abort every open upload at once: after Ctrl-C the user waits for
-        the slowest abort, not for the sum of them."""
-        failed: Dict[_Job, Optional[str]] = {}
-
-        def abort(job: _Job) -> None:
-            failed[job] = "the abort did not end"  # until it did
-            failed[job] = self._abort(job, timeout)
-
-        threads = [threading.Thread(target=abort, args=(job,), daemon=True) for job in jobs]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        return failed
-
     def _stop(self, exc: BaseException) -> None:
         """The run ends early (Ctrl-C, SIGTERM, a fatal error, a closed
         stdout): stop every worker now, abort every multipart upload left
@@ -2859,7 +2820,19 @@ class _Transfer:
         for future in self.futures:
             future.cancel()  # 3.8 has no shutdown(cancel_futures=True)
         timeout = None if isinstance(exc, Exception) else _ABORT_TIMEOUT
-        failed = self._abort_all(sorted(self.open_uploads, key=lambda j: j.index), timeout)
+        failed: Dict[_Job, Optional[str]] = {}
+
+        def abort(job: _Job) -> None:
+            failed[job] = "the abort did not end"  # until it did
+            failed[job] = self._abort(job, timeout)
+
+        # All at once: after Ctrl-C the user waits for the slowest abort, not for the sum.
+        threads = [threading.Thread(target=abort, args=(job,), daemon=True)
+                   for job in sorted(self.open_uploads, key=lambda j: j.index)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
         for job in sorted(self.live, key=lambda j: j.index):
             text = "upload of %s stopped" % job.source.name
             aborted: Optional[bool] = None

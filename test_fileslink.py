@@ -5306,6 +5306,47 @@ class TestResumeEdges(SmallPartsResumeCase):
         self.assertTrue(self.fake.files[result.id].data == new,
                         "the object stored mixes the old file's parts with the new one's")
 
+    def test_an_upload_whose_journal_cannot_be_written_is_aborted_not_orphaned(self) -> None:
+        # The state dir goes (a tmp cleaner, a full disk) while initiate is answered:
+        # no record of the upload exists, so it cannot be kept to be resumed.
+        path, _ = self.make_file("big.bin", 300 * 1024, seed=103)
+        self.fake.inject("api", delay=0.5, path_contains="initiate")
+
+        def remove_state_dir() -> None:
+            self.fake.wait_for(lambda: bool(self.fake.api_calls("initiate")))
+            shutil.rmtree(self.state)
+
+        remover = threading.Thread(target=remove_state_dir)
+        remover.start()
+        with self.assertRaises(OSError):
+            self.big_client().upload(path, self.fake.folder_id, resume=True)
+        remover.join()
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"])
+
+    def test_an_upload_initiated_again_under_resume_keeps_its_journal_locked(self) -> None:
+        # Its part URLs were dead on arrival: the journal is rewritten for the new
+        # upload, and must still be locked, or a second process could take it on.
+        path, data = self.make_file("big.bin", 300 * 1024, seed=104)
+        self.fake.inject("storage", expire=True)
+        refused: List[bool] = []
+
+        def progress(name: str, sent: int, total: int) -> None:
+            if sent == 0:
+                return  # between the two uploads: none is open, no lock is due
+            try:
+                fileslink._Journal.open(self.state, self.fake.base_url, self.fake.folder_id,
+                                        path, "big.bin").close()
+            except fileslink.ConfigError:
+                refused.append(True)
+            else:
+                refused.append(False)
+
+        result = self.big_client(max_workers=1).upload(path, self.fake.folder_id, resume=True,
+                                                       progress=progress)
+        self.assertEqual(self.fake.files[result.id].data, data)
+        self.assertEqual(len(self.fake.api_calls("/initiate")), 2)
+        self.assertTrue(refused and all(refused), refused)
+
     def test_one_path_under_two_names_uploads_both_with_resume_on(self) -> None:
         path, data = self.make_file("big.bin", 640 * 1024, seed=101)
         self.fake.inject("storage", delay=0.2, times=4)   # the first is still sending
