@@ -1878,7 +1878,7 @@ class _API:
 # ---------------------------------------------------------------------------
 #
 # A resumable upload is three files in the state directory, named by a hash
-# of (base URL, folder, absolute path) so that running it again finds them:
+# of (base URL, folder, absolute path, name) so that running it again finds them:
 #   NAME.json   the record (ids, plan, part URLs, source identity): written
 #               once, when the upload is initiated;
 #   NAME.parts  a header naming the upload, then one line per part stored,
@@ -1891,8 +1891,8 @@ class _API:
 
 #: A journal's record file: NAME is 32 hex digits.
 _JOURNAL_FILE = re.compile(r"^([0-9a-f]{32})\.json$")
-#: What a record holds, and the types load() insists on. create() refuses any
-#: other field, so nothing else (the API key above all) can reach the disk.
+#: What a record holds, and the types a loaded one must have. create() refuses
+#: any other field, so nothing else (the API key above all) can reach the disk.
 _RECORD_FIELDS: Dict[str, Any] = {
     "version": int, "base_url": str, "folder_id": str, "file_id": str, "upload_id": str,
     "key": str, "bucket": (str, type(None)), "name": str, "mime_type": str, "size": int,
@@ -1955,7 +1955,8 @@ def _record_problem(record: Any) -> Optional[str]:
     if not isinstance(record, dict):
         return "not a JSON object"
     for field, kind in _RECORD_FIELDS.items():
-        if not isinstance(record.get(field), kind) or isinstance(record.get(field), bool):
+        value = record.get(field)
+        if isinstance(value, bool) or not isinstance(value, kind):
             return "`%s` missing or not %s" % (field, getattr(kind, "__name__", kind))
     if record["version"] != _JOURNAL_VERSION:
         return "format %r, not %d" % (record["version"], _JOURNAL_VERSION)
@@ -1968,21 +1969,18 @@ def _record_problem(record: Any) -> Optional[str]:
 
 def _next_expiry(record: Json) -> Optional[float]:
     """When the first URL of a part still to send dies (None: none says)."""
-    etags = record["etags"]
     times = [part.get("expires") for number, part in enumerate(record["parts"], 1)
-             if number not in etags]
+             if number not in record["etags"]]
     known = [t for t in times if isinstance(t, (int, float))]
     return min(known) if known else None
 
 
 def _record_plan(record: Json) -> _Plan:
-    """The multipart upload a journal record describes."""
     return _Plan(record["file_id"], record["upload_id"], record["key"], record["bucket"],
                  record["size"], record["part_size"], [p["url"] for p in record["parts"]])
 
 
 def _pending(record: Json) -> PendingUpload:
-    """A loaded record as `fileslink pending` shows it."""
     return PendingUpload(record["file_id"], record["name"], record["size"],
                          len(record["etags"]), len(record["parts"]), _next_expiry(record),
                          record["folder_id"], record["source"]["path"])
@@ -2062,11 +2060,8 @@ def _unlink(path: str) -> None:
 
 
 def _prepare_state_dir(directory: str) -> None:
-    """Make the state directory (0700) and prove it writable, so that --resume
-    fails before any API call rather than after the first part.
-
-    An existing directory keeps its mode: it may be one the user chose, /tmp.
-    """
+    """Make the state directory (0700; one that exists keeps its mode: it may
+    be /tmp) and prove it writable, so that --resume fails before any API call."""
     import tempfile
 
     try:
@@ -2082,53 +2077,44 @@ def _prepare_state_dir(directory: str) -> None:
                           % (directory, reason, _ENV_STATE_DIR)) from exc
 
 
-def _try_lock(fd: int) -> bool:
-    """An exclusive lock on the open file `fd`, if no one else holds one."""
-    if sys.platform == "win32":
-        import msvcrt
-
-        try:  # one byte at offset 0 (never written: the pid starts at 1)
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
+def _lock(fd: int, path: str, what: str) -> None:
+    """Lock the open file `fd` exclusively, or say who holds it (ConfigError)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+        if sys.platform == "win32":
+            import msvcrt
+
+            os.lseek(fd, 0, os.SEEK_SET)  # one byte at 0, never written: the pid starts at 1
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if not (isinstance(exc, BlockingIOError) or sys.platform == "win32"):
+            # ENOLCK: a network file system without locks
+            raise ConfigError("cannot lock %s (%s); set %s to a local directory"
+                              % (path, exc.strerror or exc, _ENV_STATE_DIR)) from exc
+        os.lseek(fd, 1, os.SEEK_SET)
+        pid = os.read(fd, 20).strip().decode("ascii", "replace") or "unknown"
+        raise ConfigError("%s is being uploaded by another fileslink process (pid %s)"
+                          % (what, pid)) from None
 
 
 def _lock_journal(path: str, what: str) -> int:
-    """The descriptor of `path`, locked; ConfigError if another process holds it.
+    """The descriptor of the lock file `path`, locked, our pid written in it.
 
-    remove() deletes the lock file. A process that opened it just before
-    would lock a file no longer there, so a lock counts only if the file
-    locked is still the one at `path`.
+    remove() unlinks the lock file under the lock: a process that opened it
+    just before holds a lock on a file no longer there, and tries again.
     """
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o600)
         try:
+            _lock(fd, path, what)
             try:
-                locked = _try_lock(fd)
-            except OSError as exc:  # ENOLCK: a network file system without locks
-                raise ConfigError("cannot lock %s (%s); set %s to a local directory"
-                                  % (path, exc.strerror or exc, _ENV_STATE_DIR)) from exc
-            if not locked:
-                os.lseek(fd, 1, os.SEEK_SET)
-                pid = os.read(fd, 20).strip().decode("ascii", "replace") or "unknown"
-                raise ConfigError("%s is being uploaded by another fileslink process (pid %s)"
-                                  % (what, pid))
-            st = os.fstat(fd)
-            try:
-                current = os.stat(path)
+                same = os.path.samestat(os.fstat(fd), os.stat(path))
             except FileNotFoundError:
-                current = None
-            if current is not None and (current.st_ino, current.st_dev) == (
-                    st.st_ino, st.st_dev):
+                same = False
+            if same:
                 os.lseek(fd, 1, os.SEEK_SET)
                 try:
                     os.write(fd, b"%-19d\n" % os.getpid())  # for the refusal message
@@ -2143,50 +2129,11 @@ def _lock_journal(path: str, what: str) -> int:
         os.close(fd)
 
 
-def _open_parts_log(path: str) -> int:
-    """The parts log, opened to append, cut back to its last whole line: a
-    crash mid-append leaves a torn line that would swallow the next record."""
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | _O_BINARY)
-    try:
-        size = os.fstat(fd).st_size
-        start = max(0, size - 4096)  # a line is under 300 bytes
-        os.lseek(fd, start, os.SEEK_SET)
-        tail = os.read(fd, size - start)
-        if tail and not tail.endswith(b"\n") and b"\n" in tail:
-            os.ftruncate(fd, start + tail.rindex(b"\n") + 1)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _json_line(line: bytes) -> Any:
+def _log_header(upload_id: str) -> bytes:
+    """The first line of a parts log: whose parts the lines after it are."""
     import json
 
-    try:
-        return json.loads(line)
-    except ValueError:  # torn by a crash, or garbage: that part is sent again
-        return None
-
-
-def _read_parts(path: str, record: Json) -> Dict[int, str]:
-    """{part number: ETag} of the parts the log says are stored."""
-    try:
-        with open(path, "rb") as f:
-            lines = f.read().split(b"\n")[:-1]  # the last, unterminated, is torn
-    except FileNotFoundError:
-        return {}
-    if not lines or _json_line(lines[0]) != {"upload_id": record["upload_id"]}:
-        return {}  # the log of an earlier upload: create() crashed halfway
-    etags: Dict[int, str] = {}
-    for line in lines[1:]:
-        entry = _json_line(line)
-        if isinstance(entry, dict):
-            number, etag = entry.get("n"), entry.get("etag")
-            if isinstance(number, int) and 1 <= number <= len(record["parts"]) and isinstance(
-                    etag, str):
-                etags[number] = etag
-    return etags
+    return json.dumps({"upload_id": upload_id}).encode() + b"\n"
 
 
 def _read_journal(directory: str, name: str) -> Optional[Json]:
@@ -2196,35 +2143,49 @@ def _read_journal(directory: str, name: str) -> Optional[Json]:
     path = os.path.join(directory, name + ".json")
     try:
         with open(path, "rb") as f:
-            record = json.loads(f.read())
+            record: Json = json.loads(f.read())
+        problem = _record_problem(record)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        _log(_DEBUG, "ignoring the journal %s: %s", path, exc)
-        return None
-    problem = _record_problem(record)
+        problem = str(exc)
     if problem is not None:
         _log(_DEBUG, "ignoring the journal %s: %s", path, problem)
         return None
-    journal: Json = record
-    journal["etags"] = _read_parts(os.path.join(directory, name + ".parts"), journal)
-    return journal
+    etags: Dict[int, str] = {}
+    record["etags"] = etags
+    try:
+        with open(os.path.join(directory, name + ".parts"), "rb") as f:
+            log = f.read()
+    except FileNotFoundError:
+        return record
+    header = _log_header(record["upload_id"])
+    if not log.startswith(header):
+        return record  # the log of an earlier upload: create() crashed halfway
+    for line in log[len(header):].split(b"\n")[:-1]:  # the last, unterminated, is torn
+        try:
+            entry = json.loads(line)
+        except ValueError:  # torn by a crash, or garbage: that part is sent again
+            continue
+        number = entry.get("n") if isinstance(entry, dict) else None
+        if isinstance(number, int) and 1 <= number <= len(record["parts"]) and isinstance(
+                entry.get("etag"), str):
+            etags[number] = entry["etag"]
+    return record
 
 
 class _Journal:
     """The journal of one resumable upload, held under an exclusive lock.
 
-    open() locks (or refuses); load() reads; create(), add_part() and remove()
-    write, each durably before it returns; close() unlocks.
+    open() and claim() lock (or refuse); load() reads; create(), add_part()
+    and remove() write, each durably before it returns; close() unlocks.
     """
 
-    def __init__(self, directory: str, name: str, lock_fd: int) -> None:
+    def __init__(self, directory: str, name: str, what: str) -> None:
         self.directory, self.name = directory, name
-        self._lock_fd: Optional[int] = lock_fd
-        self._log_fd: Optional[int] = None
-        # Guards _log_fd: add_part() runs on worker threads, and two appends
-        # must not interleave, nor close() close the log under one.
-        self._lock = threading.Lock()
+        self._lock_fd: Optional[int] = _lock_journal(self._path(".lock"), what)
+        self._lock = threading.Lock()  # add_part() may be called from many threads
+        self._sweep()
 
     @classmethod
     def open(cls, directory: str, base_url: str, folder_id: str, path: str,
@@ -2238,29 +2199,22 @@ class _Journal:
         import hashlib
         import json
 
-        directory = os.path.abspath(directory)
-        path = os.path.abspath(path)
+        directory, path = os.path.abspath(directory), os.path.abspath(path)
         _prepare_state_dir(directory)
         key = json.dumps([base_url, folder_id, path, name]).encode("utf-8", "surrogatepass")
-        digest = hashlib.sha256(key).hexdigest()[:32]
-        journal = cls(directory, digest, _lock_journal(os.path.join(directory, digest + ".lock"),
-                                                       path))
-        journal._sweep()
-        return journal
+        return cls(directory, hashlib.sha256(key).hexdigest()[:32], path)
 
-    @classmethod
-    def _scan(cls, directory: str) -> List[Tuple[str, Json]]:
+    @staticmethod
+    def _scan(directory: str) -> List[Tuple[str, Json]]:
         try:
-            names = sorted(os.listdir(directory))
+            filenames = sorted(os.listdir(directory))
         except (FileNotFoundError, NotADirectoryError):
             return []
         found = []
-        for filename in names:
-            match = _JOURNAL_FILE.match(filename)
-            if match:
-                record = _read_journal(directory, match.group(1))
-                if record is not None:
-                    found.append((match.group(1), record))
+        for match in filter(None, map(_JOURNAL_FILE.match, filenames)):
+            record = _read_journal(directory, match.group(1))
+            if record is not None:
+                found.append((match.group(1), record))
         return found
 
     @classmethod
@@ -2277,9 +2231,7 @@ class _Journal:
         directory = os.path.abspath(directory)
         for name, record in cls._scan(directory):
             if record["file_id"] == file_id:
-                lock = _lock_journal(os.path.join(directory, name + ".lock"),
-                                     record["source"]["path"])
-                journal = cls(directory, name, lock)
+                journal = cls(directory, name, record["source"]["path"])
                 again = journal.load()  # it may have completed before we locked it
                 if again is not None and again["file_id"] == file_id:
                     return journal
@@ -2304,15 +2256,14 @@ class _Journal:
         """Start the journal of an upload just initiated (see _journal_record)."""
         import json
 
-        if set(record) != set(_RECORD_FIELDS) or _record_problem(record):
-            raise ValueError("not a journal record: %s" % (
-                _record_problem(record) or "fields %s" % sorted(set(record) ^ set(_RECORD_FIELDS))))
-        header = json.dumps({"upload_id": record["upload_id"]}).encode() + b"\n"
+        problem = _record_problem(record)
+        extra = set(record) - set(_RECORD_FIELDS)
+        if problem or extra:
+            raise ValueError("not a journal record: %s" % (problem or "fields %s" % sorted(extra)))
         with self._lock:
-            self._close_log()
             # The parts log first: a crash between the two writes leaves the old
             # record beside a log that names another upload, which load() ignores.
-            _write_atomic(self._path(".parts"), header)
+            _write_atomic(self._path(".parts"), _log_header(record["upload_id"]))
             _write_atomic(self._path(".json"), json.dumps(record).encode())
 
     def add_part(self, number: int, etag: str) -> None:
@@ -2322,22 +2273,24 @@ class _Journal:
 
         line = json.dumps({"n": number, "etag": etag}).encode() + b"\n"
         with self._lock:
-            if self._log_fd is None:
-                self._log_fd = _open_parts_log(self._path(".parts"))
+            fd = os.open(self._path(".parts"), os.O_RDWR | os.O_APPEND | _O_BINARY)
             try:
+                # A crash (or a full disk) mid-append left a torn line: end it, or
+                # it would swallow this one. load() skips it as garbage.
+                os.lseek(fd, max(0, os.fstat(fd).st_size - 1), os.SEEK_SET)
+                if os.read(fd, 1) not in (b"", b"\n"):
+                    line = b"\n" + line
                 written = 0
                 while written < len(line):
-                    written += os.write(self._log_fd, line[written:])
-                os.fsync(self._log_fd)
-            except OSError:
-                self._close_log()  # reopening cuts off what was half written
-                raise
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def remove(self) -> None:
         """Delete the journal (the upload completed or was aborted); keep the
         lock until close()."""
         with self._lock:
-            self._close_log()
             _unlink(self._path(".json"))  # first: the rest means nothing without it
             _unlink(self._path(".parts"))
             self._sweep()
@@ -2345,18 +2298,11 @@ class _Journal:
             if os.name != "nt":  # Windows cannot remove an open file: it stays, empty
                 _unlink(self._path(".lock"))
 
-    def _close_log(self) -> None:
-        if self._log_fd is not None:
-            os.close(self._log_fd)
-            self._log_fd = None
-
     def close(self) -> None:
         """Release the lock; the journal stays on disk unless removed."""
-        with self._lock:
-            self._close_log()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)  # closing it releases the lock
-                self._lock_fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing it releases the lock
+            self._lock_fd = None
 
     def __enter__(self) -> _Journal:
         return self
