@@ -2003,13 +2003,12 @@ def _resume_check(record: Json, base_url: str, folder_id: str, identity: Json,
     if record["folder_id"] != folder_id:
         return "it was started in folder %s, not %s" % (record["folder_id"], folder_id)
     was = record["source"]
-    if was.get("size") != identity["size"]:
-        return "the file changed since the upload began (size %s -> %d)" % (
-            was.get("size"), identity["size"])
     # Not st_dev: device numbers may change across reboots (removable and
     # network disks), and inode + mtime + digest already name the file.
-    for field, what in (("inode", "replaced: another inode"), ("mtime_ns", "modified"),
-                        ("digest", "its start or end differs")):
+    changes = (("size", "size %s -> %s" % (was.get("size"), identity["size"])),
+               ("inode", "replaced: another inode"), ("mtime_ns", "modified"),
+               ("digest", "its start or end differs"))
+    for field, what in changes:
         if was.get(field) != identity[field]:
             return "the file changed since the upload began (%s)" % what
     expires = _next_expiry(record)
@@ -2078,7 +2077,8 @@ def _prepare_state_dir(directory: str) -> None:
 
 
 def _lock(fd: int, path: str, what: str) -> None:
-    """Lock the open file `fd` exclusively, or say who holds it (ConfigError)."""
+    """Lock the open file `fd` exclusively and write our pid in it, or say who
+    holds it (ConfigError)."""
     try:
         if sys.platform == "win32":
             import msvcrt
@@ -2098,10 +2098,16 @@ def _lock(fd: int, path: str, what: str) -> None:
         pid = os.read(fd, 20).strip().decode("ascii", "replace") or "unknown"
         raise ConfigError("%s is being uploaded by another fileslink process (pid %s)"
                           % (what, pid)) from None
+    os.lseek(fd, 1, os.SEEK_SET)
+    try:
+        os.write(fd, b"%-19d\n" % os.getpid())  # for the refusal message
+    except OSError as exc:  # a full disk: say where, before any API call
+        raise ConfigError("cannot write in %s (%s); set %s to a writable directory"
+                          % (os.path.dirname(path), exc.strerror or exc, _ENV_STATE_DIR)) from exc
 
 
 def _lock_journal(path: str, what: str) -> int:
-    """The descriptor of the lock file `path`, locked, our pid written in it.
+    """The descriptor of the lock file `path`, locked.
 
     remove() unlinks the lock file under the lock: a process that opened it
     just before holds a lock on a file no longer there, and tries again.
@@ -2110,19 +2116,10 @@ def _lock_journal(path: str, what: str) -> int:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o600)
         try:
             _lock(fd, path, what)
-            try:
-                same = os.path.samestat(os.fstat(fd), os.stat(path))
-            except FileNotFoundError:
-                same = False
-            if same:
-                os.lseek(fd, 1, os.SEEK_SET)
-                try:
-                    os.write(fd, b"%-19d\n" % os.getpid())  # for the refusal message
-                except OSError as exc:  # a full disk: say where, before any API call
-                    raise ConfigError("cannot write in %s (%s); set %s to a writable "
-                                      "directory" % (os.path.dirname(path), exc.strerror or exc,
-                                                     _ENV_STATE_DIR)) from exc
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
                 return fd
+        except FileNotFoundError:
+            pass  # unlinked since we opened it
         except BaseException:
             os.close(fd)
             raise
