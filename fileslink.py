@@ -2918,40 +2918,41 @@ def _item_name(item: Any) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _check_count(label: str, value: Any, low: int) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or value < low):
-        raise ConfigError("%s must be a whole number >= %d, not %r" % (label, low, value))
+def _check_number(label: str, value: Any, whole: bool = True) -> None:
+    """ConfigError unless `value` is a number above 0 (a whole one if `whole`)."""
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
+            or value <= 0:
+        raise ConfigError("%s must be %s, not %r" % (
+            label, "a whole number >= 1" if whole else "a number > 0", value))
+
+
+def _payload(response: Json) -> Any:
+    return response.get("data", response)
 
 
 class Client:
     """A files.link client: configuration, connections and the rate-limit budget.
 
     Args:
-        api_key: default $FILESLINK_KEY; missing -> ConfigError.
+        api_key: default $FILESLINK_KEY.
         base_url: default $FILESLINK_BASE_URL, else https://api.files.link.
-        timeout: seconds per socket operation (connect, each send, each
-            read), and the most one answer may take to arrive whole from
-            the moment its request was sent (a server that trickles a byte
-            a second is given up on, not waited for).
+        timeout: seconds per socket operation, and the most one answer may
+            take to arrive whole (a server that trickles is given up on).
         retry: a Retry; None -> Retry().
         max_workers: parallel PUTs (parts, or files in upload_many); fewer
             when the open-file limit (RLIMIT_NOFILE) would not allow them.
         multipart_threshold: files of at least this many bytes go multipart.
-        ssl_context: an ssl.SSLContext (a corporate CA); used for the API
-            and for presigned URLs alike.
-        allow_insecure: permit a plain-http base URL (and presigned URLs)
-            to a host other than loopback; default $FILESLINK_ALLOW_INSECURE=1.
-        checksum: compare the MD5 of the bytes sent with the ETag storage
-            returns where that ETag is an MD5 (not under SSE-KMS or SSE-C;
-            about 1 s of CPU per GiB); False sends at wire speed.
+        ssl_context: for the API and presigned URLs alike (a corporate CA).
+        allow_insecure: permit plain http to a host other than loopback;
+            default $FILESLINK_ALLOW_INSECURE=1.
+        checksum: check the bytes sent against storage's ETag where it is
+            their MD5 (about 1 s of CPU per GiB); False sends at wire speed.
         batch_size: files per presign and per confirm call in upload_many.
         max_bandwidth: bytes per second across all workers; None: no limit.
 
     The constructor only validates and stores: no network, no threads. A
     Client is safe to share between threads and survives os.fork() (the
-    child opens its own connections); close() (or `with`) drops its idle
-    connections.
+    child opens its own connections).
     """
 
     def __init__(self, api_key: Optional[str] = None, base_url: Optional[str] = None,
@@ -2980,13 +2981,13 @@ class Client:
             raise ConfigError("refusing plain http to %s: the API key and your files would "
                               "cross the network unencrypted (set %s=1, or pass "
                               "allow_insecure=True, to permit it)" % (parts.hostname, _ENV_INSECURE))
-        _check_count("max_workers", max_workers, 1)
-        _check_count("multipart_threshold", multipart_threshold, 1)
-        _check_count("batch_size", batch_size, 1)
-        for label, value in (("timeout", timeout), ("max_bandwidth", max_bandwidth)):
-            if value is not None and (isinstance(value, bool) or not isinstance(
-                    value, (int, float)) or value <= 0):
-                raise ConfigError("%s must be a number > 0, not %r" % (label, value))
+        _check_number("max_workers", max_workers)
+        _check_number("multipart_threshold", multipart_threshold)
+        _check_number("timeout", timeout, whole=False)
+        if batch_size is not None:
+            _check_number("batch_size", batch_size)
+        if max_bandwidth is not None:
+            _check_number("max_bandwidth", max_bandwidth, whole=False)
         if retry is not None and not isinstance(retry, Retry):
             raise ConfigError("retry must be a fileslink.Retry, not %r" % (retry,))
         if ssl_context is not None:
@@ -3029,30 +3030,28 @@ class Client:
         """Upload one file and return it.
 
         Args:
-            source: a path, bytes, or a binary file object (seekable or not;
-                a stream, a pipe or a FIFO is read to its end first, to a
-                temporary file if large).
+            source: a path, bytes, or a binary file object; one that cannot
+                seek (a pipe, a FIFO) is read to its end first.
             folder_id: default $FILESLINK_FOLDER.
-            name: the name on files.link; default the file's own name
-                (required for bytes and nameless streams).
+            name: default the file's own (required for bytes and nameless streams).
             mime_type: default guessed from the name.
             progress: progress(name, sent, total), called from worker threads.
             link: also create a permanent public link (UploadedFile.url).
             resume: a multipart upload of a path that stops before it
-                completes (Ctrl-C, SIGTERM, a crash, retries exhausted) is
-                left open and journaled; the same upload run again sends
+                completes is left open and journaled; run again, it sends
                 only the parts not yet stored (README: "Resuming").
 
         Raises:
             OSError: the local file is missing, a directory or unreadable.
-            ConfigError: the source cannot be uploaded (a device, a socket,
-                a text-mode stream), or a bad option.
+            ConfigError: a source that cannot be uploaded (a device, a
+                text-mode stream), or a bad option.
             FilesLinkError: see the subclasses; a multipart upload that fails
                 is aborted first.
         """
         folder = self._folder(folder_id)
         src = _open_source(source, name, mime_type)
-        transfer = self._transfer(folder, progress, link, None, False, resume)
+        transfer = _Transfer(self._api, self.max_workers, self.multipart_threshold,
+                             self._batch_size, folder, progress, link, None, False, resume)
         try:
             results = transfer.execute([src])
         finally:
@@ -3069,34 +3068,27 @@ class Client:
 
         Args:
             sources: paths, bytes, file objects, or (name, source) pairs; any
-                iterable, read as the upload goes (a generator of 10,000
-                paths is never held at once).
+                iterable, read as the upload goes (never held all at once).
             skip_existing: list the folder once, and skip every source whose
-                name and size match a file already there: it comes back as
-                that file, with skipped=True.
-            resume: as for upload(), for every multipart upload of a path.
-            on_file: on_file(index, result) as each file ends, result being
-                its UploadedFile or its exception (called in this thread).
-                When the run is stopped (Ctrl-C, a fatal error) it is called
-                for each file cut short too, before the error propagates.
+                name and size match a file there: it comes back as that file,
+                with skipped=True.
+            on_file: on_file(index, result) in this thread as each file ends
+                (its UploadedFile or its exception), and for each file cut
+                short when the run is stopped, before the error propagates.
+            folder_id, progress, link, resume: as for upload().
 
         Raises:
             UploadManyError: some files failed; the others were uploaded and
                 confirmed, and are in its .uploaded.
             AuthError: the key was refused; nothing more is attempted.
         """
-        folder = self._folder(folder_id)
-        transfer = self._transfer(folder, progress, link, on_file, skip_existing, resume)
+        transfer = _Transfer(self._api, self.max_workers, self.multipart_threshold,
+                             self._batch_size, self._folder(folder_id), progress, link,
+                             on_file, skip_existing, resume)
         results = transfer.execute(sources)
         if transfer.failures:
             raise UploadManyError(sorted(transfer.failures, key=lambda f: f[0]), results)
         return results
-
-    def _transfer(self, folder: str, progress: Optional[Progress], link: bool,
-                  on_file: Optional[Callable[[int, Any], None]], skip: bool,
-                  resume: bool) -> _Transfer:
-        return _Transfer(self._api, self.max_workers, self.multipart_threshold,
-                         self._batch_size, folder, progress, link, on_file, skip, resume)
 
     def pending(self) -> List[PendingUpload]:
         """The resumable uploads journaled for this client's base URL."""
@@ -3177,8 +3169,7 @@ class Client:
         self._delete("public", file_id, "file id")
 
     def list_projects(self, page: int = 1) -> Any:
-        data = self._api.call("GET", _ROUTES["projects_page"].format(int(page)))
-        return data.get("data", data)
+        return _payload(self._api.call("GET", _ROUTES["projects_page"].format(int(page))))
 
     def create_project(self, title: str) -> str:
         """Create a project; its id. Not retried once the request may have
@@ -3187,15 +3178,13 @@ class Client:
         return _need_str(data, "projectId", "POST /v1/projects")
 
     def get_project(self, project_id: str) -> Any:
-        data = self._get("project", project_id, "project id")
-        return data.get("data", data)
+        return _payload(self._get("project", project_id, "project id"))
 
     def delete_project(self, project_id: str) -> None:
         self._delete("project_delete", project_id, "project id")
 
     def list_folders(self, project_id: str) -> Any:
-        data = self._get("project_folders", project_id, "project id")
-        return data.get("data", data)
+        return _payload(self._get("project_folders", project_id, "project id"))
 
     def create_folder(self, title: str, project_id: str, private: bool = False) -> str:
         """Create a folder; its id. Not retried once the request may have
@@ -3206,8 +3195,7 @@ class Client:
         return _need_str(data, "folderId", "POST /v1/folders")
 
     def get_folder(self, folder_id: str) -> Any:
-        data = self._get("folder", folder_id, "folder id")
-        return data.get("data", data)
+        return _payload(self._get("folder", folder_id, "folder id"))
 
     def delete_folder(self, folder_id: str) -> None:
         self._delete("folder", folder_id, "folder id")
@@ -3216,11 +3204,8 @@ class Client:
 def upload(source: Source, folder_id: Optional[str] = None, *, name: Optional[str] = None,
            mime_type: Optional[str] = None, progress: Optional[Progress] = None,
            link: bool = False) -> UploadedFile:
-    """Upload one file with a Client configured from the environment.
-
-    A new Client per call: no module-level state to leak between callers.
-    See Client.upload for the arguments.
-    """
+    """Upload one file with a Client configured from the environment: a new
+    Client per call, so no state leaks between callers. See Client.upload."""
     with Client() as client:
         return client.upload(source, folder_id, name=name, mime_type=mime_type,
                              progress=progress, link=link)

@@ -4407,6 +4407,29 @@ class TestBadInput(FolderInEnvCase):
                     self.assertEqual(fake.log[before:], [], "no request before a local error")
 
 
+    def test_bad_client_options_are_config_errors_that_name_the_option(self) -> None:
+        whole, number = "a whole number >= 1", "a number > 0"
+        rows: List[Tuple[str, Any, str]] = [
+            ("max_workers", 0, whole), ("max_workers", 2.5, whole), ("max_workers", True, whole),
+            ("max_workers", None, whole), ("multipart_threshold", -1, whole),
+            ("multipart_threshold", None, whole), ("batch_size", 0, whole),
+            ("batch_size", "10", whole), ("timeout", 0, number), ("timeout", None, number),
+            ("timeout", "5", number), ("max_bandwidth", 0.0, number),
+            ("max_bandwidth", False, number), ("retry", 3, "a fileslink.Retry"),
+            ("ssl_context", "ca.pem", "an ssl.SSLContext")]
+        base = {"api_key": "k", "base_url": self.fake.base_url}
+        for option, value, words in rows:
+            with self.subTest(option=option, value=value):
+                with self.assertRaises(fileslink.ConfigError) as cm:
+                    fileslink.Client(**dict(base, **{option: value}))
+                self.assertIn("%s must be %s" % (option, words), str(cm.exception))
+        for option, value in (("batch_size", None), ("max_bandwidth", None), ("timeout", 0.5),
+                              ("max_bandwidth", 1), ("multipart_threshold", 1)):
+            with self.subTest(option=option, value=value):
+                fileslink.Client(**dict(base, **{option: value})).close()
+        self.assertEqual(self.fake.log, [])
+
+
 class TestGzipErrors(FakeTestCase):
     """An error body gzipped though nobody asked: described, not dumped."""
 
