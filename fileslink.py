@@ -2107,11 +2107,9 @@ def _lock(fd: int, path: str, what: str) -> None:
 
 
 def _lock_journal(path: str, what: str) -> int:
-    """The descriptor of the lock file `path`, locked.
-
-    remove() unlinks the lock file under the lock: a process that opened it
-    just before holds a lock on a file no longer there, and tries again.
-    """
+    """The descriptor of the lock file `path`, locked. remove() unlinks it under
+    the lock: a process that opened it just before holds a lock on a file no
+    longer there, and tries again."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o600)
         try:
@@ -2187,12 +2185,9 @@ class _Journal:
     @classmethod
     def open(cls, directory: str, base_url: str, folder_id: str, path: str,
              name: str = "") -> _Journal:
-        """The journal of uploading `path` (as `name`) to `folder_id` at
-        `base_url`, locked: one path under two names is two uploads.
-
-        Raises ConfigError if the directory cannot hold journals, or if another
-        process is working on this upload.
-        """
+        """The journal of uploading `path` as `name` (one path under two names
+        is two uploads) to `folder_id` at `base_url`, locked; ConfigError if the
+        directory cannot hold journals, or another process is working on it."""
         import hashlib
         import json
 
@@ -2221,10 +2216,8 @@ class _Journal:
 
     @classmethod
     def claim(cls, directory: str, file_id: str) -> Optional[_Journal]:
-        """The journal of file `file_id`, locked (for abort), or None if none.
-
-        Raises ConfigError if a process is uploading it right now.
-        """
+        """The journal of file `file_id`, locked (for abort), or None if none;
+        ConfigError if a process is uploading it right now."""
         directory = os.path.abspath(directory)
         for name, record in cls._scan(directory):
             if record["file_id"] == file_id:
