@@ -2180,6 +2180,7 @@ class _Journal:
         self.directory, self.name = directory, name
         self._lock_fd: Optional[int] = _lock_journal(self._path(".lock"), what)
         self._lock = threading.Lock()  # add_part() may be called from many threads
+        self._removed = False
         self._sweep()
 
     @classmethod
@@ -2255,6 +2256,7 @@ class _Journal:
             # record beside a log that names another upload, which load() ignores.
             _write_atomic(self._path(".parts"), _log_header(record["upload_id"]))
             _write_atomic(self._path(".json"), json.dumps(record).encode())
+            self._removed = False
 
     def add_part(self, number: int, etag: str) -> None:
         """Record part `number` as stored: call it after the part's 2xx, and
@@ -2278,21 +2280,25 @@ class _Journal:
                 os.close(fd)
 
     def remove(self) -> None:
-        """Delete the journal (the upload completed or was aborted); keep the
-        lock until close()."""
+        """Delete the journal (the upload completed or was aborted); the lock
+        file goes at close()."""
         with self._lock:
             _unlink(self._path(".json"))  # first: the rest means nothing without it
             _unlink(self._path(".parts"))
             self._sweep()
             _fsync_dir(self.directory)
-            if os.name != "nt":  # Windows cannot remove an open file: it stays, empty
-                _unlink(self._path(".lock"))
+            self._removed = True
 
     def close(self) -> None:
         """Release the lock; the journal stays on disk unless removed."""
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing it releases the lock
-            self._lock_fd = None
+        if self._lock_fd is None:
+            return
+        # The lock file goes last, still locked: a journal removed, then created
+        # again (its URLs expired early), must refuse a second process meanwhile.
+        if self._removed and os.name != "nt":  # Windows cannot remove an open file
+            _unlink(self._path(".lock"))
+        os.close(self._lock_fd)  # closing it releases the lock
+        self._lock_fd = None
 
     def __enter__(self) -> _Journal:
         return self

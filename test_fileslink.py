@@ -5019,6 +5019,16 @@ class TestJournal(unittest.TestCase):
         self.assertEqual(self.files(), [])
         self.open().close()                    # and a new one is made for the next upload
 
+    def test_a_journal_removed_and_created_again_stays_locked(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        journal.remove()                       # its part URLs expired early: initiated again
+        journal.create(self.record(upload_id="up-2"))
+        refused = self.child("lock")
+        self.assertEqual(refused.returncode, 3, refused.stdout + refused.stderr)
+        journal.close()
+        self.assertEqual(self.open().load()["upload_id"], "up-2")
+
     def test_open_refuses_a_state_directory_it_cannot_write(self) -> None:
         plain = self.write("plain-file", b"x")
         for label, state in (("its parent is a regular file", os.path.join(plain, "state")),
