@@ -1960,6 +1960,9 @@ def _record_problem(record: Any) -> Optional[str]:
             return "`%s` missing or not %s" % (field, getattr(kind, "__name__", kind))
     if record["version"] != _JOURNAL_VERSION:
         return "format %r, not %d" % (record["version"], _JOURNAL_VERSION)
+    count, size, part_size = len(record["parts"]), record["size"], record["part_size"]
+    if part_size < 1 or -(-size // part_size) != count:  # as _parse_plan insists
+        return "%d parts of %d bytes do not cover %d bytes" % (count, part_size, size)
     if not all(isinstance(p, dict) and isinstance(p.get("url"), str) for p in record["parts"]):
         return "a part without a URL"
     if not isinstance(record["source"].get("path"), str):

@@ -4910,14 +4910,15 @@ class TestJournal(unittest.TestCase):
         return journal
 
     def record(self, urls: Optional[List[str]] = None, path: Optional[str] = None,
-               file_id: str = "file-1", upload_id: str = "up-1") -> Dict[str, Any]:
+               file_id: str = "file-1", upload_id: str = "up-1",
+               size: int = 3 * MiB) -> Dict[str, Any]:
         if urls is None:
             urls = [_signed_url(n, self.now, 3600) for n in (1, 2, 3)]
         return fileslink._journal_record(
             self.base_url, self.folder, fileslink._source_identity(path or self.path),
             file_id=file_id, upload_id=upload_id, key="k/big.bin", bucket="bucket",
-            name="big.bin", mime_type="application/octet-stream", size=3 * MiB,
-            part_size=-(-3 * MiB // len(urls)), urls=urls, now=self.now)
+            name="big.bin", mime_type="application/octet-stream", size=size,
+            part_size=-(-size // len(urls)), urls=urls, now=self.now)
 
     def child(self, mode: str, stdin: bytes = b"") -> "subprocess.CompletedProcess[str]":
         return subprocess.run([sys.executable, "-c", _JOURNAL_CHILD, HERE, mode, self.state,
@@ -5002,6 +5003,18 @@ class TestJournal(unittest.TestCase):
         self.assertEqual(fileslink._Journal.entries(self.state), [])
         journal.create(self.record())          # and a fresh upload simply replaces it
         self.assertEqual(journal.load()["upload_id"], "up-1")
+
+    def test_a_journal_whose_parts_do_not_cover_its_size_reads_as_absent(self) -> None:
+        journal = self.open()
+        for label, change in (("no parts", {"parts": []}), ("parts of 0 bytes", {"part_size": 0}),
+                              ("parts of -1 bytes", {"part_size": -1}),
+                              ("too big parts", {"part_size": 3 * MiB})):
+            with self.subTest(label):
+                with open(os.path.join(self.state, journal.name + ".json"), "w") as f:
+                    json.dump(dict(self.record(), **change), f)
+                with self.assertLogs("fileslink", "DEBUG") as logs:
+                    self.assertIsNone(journal.load())
+                self.assertIn("do not cover", logs.output[0])
 
     def test_a_second_process_is_refused_while_the_first_holds_the_journal(self) -> None:
         journal = self.open()
@@ -5156,7 +5169,7 @@ class TestJournal(unittest.TestCase):
         # 400 parts, not 10,000: each add_part waits for an fsync (~0.3 ms here).
         urls = [_signed_url(n, self.now, 3600) for n in range(1, 10001)]
         journal = self.open()
-        journal.create(self.record(urls))
+        journal.create(self.record(urls, size=10000 * 5 * MiB))   # parts of 5 MiB
         etags = {n: '"%032x"' % n for n in range(1, 10001, 25)}
         numbers = sorted(etags)
 
