@@ -1773,7 +1773,7 @@ class _API:
 # ---------------------------------------------------------------------------
 #
 # A resumable upload is three files in the state directory, named by a hash
-# of (base URL, folder, absolute path) so that running it again finds them:
+# of (base URL, folder, absolute path, name) so that running it again finds them:
 #   NAME.json   the record (ids, plan, part URLs, source identity): written
 #               once, when the upload is initiated;
 #   NAME.parts  a header naming the upload, then one line per part stored,
@@ -1786,8 +1786,8 @@ class _API:
 
 #: A journal's record file: NAME is 32 hex digits.
 _JOURNAL_FILE = re.compile(r"^([0-9a-f]{32})\.json$")
-#: What a record holds, and the types load() insists on. create() refuses any
-#: other field, so nothing else (the API key above all) can reach the disk.
+#: What a record holds, and the types a loaded one must have. create() refuses
+#: any other field, so nothing else (the API key above all) can reach the disk.
 _RECORD_FIELDS: Dict[str, Any] = {
     "version": int, "base_url": str, "folder_id": str, "file_id": str, "upload_id": str,
     "key": str, "bucket": (str, type(None)), "name": str, "mime_type": str, "size": int,
@@ -1850,10 +1850,14 @@ def _record_problem(record: Any) -> Optional[str]:
     if not isinstance(record, dict):
         return "not a JSON object"
     for field, kind in _RECORD_FIELDS.items():
-        if not isinstance(record.get(field), kind) or isinstance(record.get(field), bool):
+        value = record.get(field)
+        if isinstance(value, bool) or not isinstance(value, kind):
             return "`%s` missing or not %s" % (field, getattr(kind, "__name__", kind))
     if record["version"] != _JOURNAL_VERSION:
         return "format %r, not %d" % (record["version"], _JOURNAL_VERSION)
+    count, size, part_size = len(record["parts"]), record["size"], record["part_size"]
+    if part_size < 1 or -(-size // part_size) != count:  # as _parse_plan insists
+        return "%d parts of %d bytes do not cover %d bytes" % (count, part_size, size)
     if not all(isinstance(p, dict) and isinstance(p.get("url"), str) for p in record["parts"]):
         return "a part without a URL"
     if not isinstance(record["source"].get("path"), str):
@@ -1863,21 +1867,18 @@ def _record_problem(record: Any) -> Optional[str]:
 
 def _next_expiry(record: Json) -> Optional[float]:
     """When the first URL of a part still to send dies (None: none says)."""
-    etags = record["etags"]
     times = [part.get("expires") for number, part in enumerate(record["parts"], 1)
-             if number not in etags]
+             if number not in record["etags"]]
     known = [t for t in times if isinstance(t, (int, float))]
     return min(known) if known else None
 
 
 def _record_plan(record: Json) -> _Plan:
-    """The multipart upload a journal record describes."""
     return _Plan(record["file_id"], record["upload_id"], record["key"], record["bucket"],
                  record["size"], record["part_size"], [p["url"] for p in record["parts"]])
 
 
 def _pending(record: Json) -> PendingUpload:
-    """A loaded record as `fileslink pending` shows it."""
     return PendingUpload(record["file_id"], record["name"], record["size"],
                          len(record["etags"]), len(record["parts"]), _next_expiry(record),
                          record["folder_id"], record["source"]["path"])
@@ -1900,13 +1901,12 @@ def _resume_check(record: Json, base_url: str, folder_id: str, identity: Json,
     if record["folder_id"] != folder_id:
         return "it was started in folder %s, not %s" % (record["folder_id"], folder_id)
     was = record["source"]
-    if was.get("size") != identity["size"]:
-        return "the file changed since the upload began (size %s -> %d)" % (
-            was.get("size"), identity["size"])
     # Not st_dev: device numbers may change across reboots (removable and
     # network disks), and inode + mtime + digest already name the file.
-    for field, what in (("inode", "replaced: another inode"), ("mtime_ns", "modified"),
-                        ("digest", "its start or end differs")):
+    changes = (("size", "size %s -> %s" % (was.get("size"), identity["size"])),
+               ("inode", "replaced: another inode"), ("mtime_ns", "modified"),
+               ("digest", "its start or end differs"))
+    for field, what in changes:
         if was.get(field) != identity[field]:
             return "the file changed since the upload began (%s)" % what
     expires = _next_expiry(record)
@@ -1957,11 +1957,8 @@ def _unlink(path: str) -> None:
 
 
 def _prepare_state_dir(directory: str) -> None:
-    """Make the state directory (0700) and prove it writable, so that --resume
-    fails before any API call rather than after the first part.
-
-    An existing directory keeps its mode: it may be one the user chose, /tmp.
-    """
+    """Make the state directory (0700; one that exists keeps its mode: it may
+    be /tmp) and prove it writable, so that --resume fails before any API call."""
     import tempfile
 
     try:
@@ -1977,111 +1974,59 @@ def _prepare_state_dir(directory: str) -> None:
                           % (directory, reason, _ENV_STATE_DIR)) from exc
 
 
-def _try_lock(fd: int) -> bool:
-    """An exclusive lock on the open file `fd`, if no one else holds one."""
-    if sys.platform == "win32":
-        import msvcrt
-
-        try:  # one byte at offset 0 (never written: the pid starts at 1)
-            os.lseek(fd, 0, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-        except OSError:
-            return False
-        return True
-    import fcntl
-
+def _lock(fd: int, path: str, what: str) -> None:
+    """Lock the open file `fd` exclusively and write our pid in it, or say who
+    holds it (ConfigError)."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    return True
+        if sys.platform == "win32":
+            import msvcrt
+
+            os.lseek(fd, 0, os.SEEK_SET)  # one byte at 0, never written: the pid starts at 1
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if not (isinstance(exc, BlockingIOError) or sys.platform == "win32"):
+            # ENOLCK: a network file system without locks
+            raise ConfigError("cannot lock %s (%s); set %s to a local directory"
+                              % (path, exc.strerror or exc, _ENV_STATE_DIR)) from exc
+        os.lseek(fd, 1, os.SEEK_SET)
+        pid = os.read(fd, 20).strip().decode("ascii", "replace") or "unknown"
+        raise ConfigError("%s is being uploaded by another fileslink process (pid %s)"
+                          % (what, pid)) from None
+    os.lseek(fd, 1, os.SEEK_SET)
+    try:
+        os.write(fd, b"%-19d\n" % os.getpid())  # for the refusal message
+    except OSError as exc:  # a full disk: say where, before any API call
+        raise ConfigError("cannot write in %s (%s); set %s to a writable directory"
+                          % (os.path.dirname(path), exc.strerror or exc, _ENV_STATE_DIR)) from exc
 
 
 def _lock_journal(path: str, what: str) -> int:
-    """The descriptor of `path`, locked; ConfigError if another process holds it.
-
-    remove() deletes the lock file. A process that opened it just before
-    would lock a file no longer there, so a lock counts only if the file
-    locked is still the one at `path`.
-    """
+    """The descriptor of the lock file `path`, locked. remove() unlinks it under
+    the lock: a process that opened it just before holds a lock on a file no
+    longer there, and tries again."""
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | _O_BINARY, 0o600)
         try:
-            try:
-                locked = _try_lock(fd)
-            except OSError as exc:  # ENOLCK: a network file system without locks
-                raise ConfigError("cannot lock %s (%s); set %s to a local directory"
-                                  % (path, exc.strerror or exc, _ENV_STATE_DIR)) from exc
-            if not locked:
-                os.lseek(fd, 1, os.SEEK_SET)
-                pid = os.read(fd, 20).strip().decode("ascii", "replace") or "unknown"
-                raise ConfigError("%s is being uploaded by another fileslink process (pid %s)"
-                                  % (what, pid))
-            st = os.fstat(fd)
-            try:
-                current = os.stat(path)
-            except FileNotFoundError:
-                current = None
-            if current is not None and (current.st_ino, current.st_dev) == (
-                    st.st_ino, st.st_dev):
-                os.lseek(fd, 1, os.SEEK_SET)
-                try:
-                    os.write(fd, b"%-19d\n" % os.getpid())  # for the refusal message
-                except OSError as exc:  # a full disk: say where, before any API call
-                    raise ConfigError("cannot write in %s (%s); set %s to a writable "
-                                      "directory" % (os.path.dirname(path), exc.strerror or exc,
-                                                     _ENV_STATE_DIR)) from exc
+            _lock(fd, path, what)
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
                 return fd
+        except FileNotFoundError:
+            pass  # unlinked since we opened it
         except BaseException:
             os.close(fd)
             raise
         os.close(fd)
 
 
-def _open_parts_log(path: str) -> int:
-    """The parts log, opened to append, cut back to its last whole line: a
-    crash mid-append leaves a torn line that would swallow the next record."""
-    fd = os.open(path, os.O_RDWR | os.O_APPEND | _O_BINARY)
-    try:
-        size = os.fstat(fd).st_size
-        start = max(0, size - 4096)  # a line is under 300 bytes
-        os.lseek(fd, start, os.SEEK_SET)
-        tail = os.read(fd, size - start)
-        if tail and not tail.endswith(b"\n") and b"\n" in tail:
-            os.ftruncate(fd, start + tail.rindex(b"\n") + 1)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _json_line(line: bytes) -> Any:
+def _log_header(upload_id: str) -> bytes:
+    """The first line of a parts log: whose parts the lines after it are."""
     import json
 
-    try:
-        return json.loads(line)
-    except ValueError:  # torn by a crash, or garbage: that part is sent again
-        return None
-
-
-def _read_parts(path: str, record: Json) -> Dict[int, str]:
-    """{part number: ETag} of the parts the log says are stored."""
-    try:
-        with open(path, "rb") as f:
-            lines = f.read().split(b"\n")[:-1]  # the last, unterminated, is torn
-    except FileNotFoundError:
-        return {}
-    if not lines or _json_line(lines[0]) != {"upload_id": record["upload_id"]}:
-        return {}  # the log of an earlier upload: create() crashed halfway
-    etags: Dict[int, str] = {}
-    for line in lines[1:]:
-        entry = _json_line(line)
-        if isinstance(entry, dict):
-            number, etag = entry.get("n"), entry.get("etag")
-            if isinstance(number, int) and 1 <= number <= len(record["parts"]) and isinstance(
-                    etag, str):
-                etags[number] = etag
-    return etags
+    return json.dumps({"upload_id": upload_id}).encode() + b"\n"
 
 
 def _read_journal(directory: str, name: str) -> Optional[Json]:
@@ -2091,71 +2036,76 @@ def _read_journal(directory: str, name: str) -> Optional[Json]:
     path = os.path.join(directory, name + ".json")
     try:
         with open(path, "rb") as f:
-            record = json.loads(f.read())
+            record: Json = json.loads(f.read())
+        problem = _record_problem(record)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        _log(_DEBUG, "ignoring the journal %s: %s", path, exc)
-        return None
-    problem = _record_problem(record)
+        problem = str(exc)
     if problem is not None:
         _log(_DEBUG, "ignoring the journal %s: %s", path, problem)
         return None
-    journal: Json = record
-    journal["etags"] = _read_parts(os.path.join(directory, name + ".parts"), journal)
-    return journal
+    etags: Dict[int, str] = {}
+    record["etags"] = etags
+    try:
+        with open(os.path.join(directory, name + ".parts"), "rb") as f:
+            log = f.read()
+    except FileNotFoundError:
+        return record
+    header = _log_header(record["upload_id"])
+    if not log.startswith(header):
+        return record  # the log of an earlier upload: create() crashed halfway
+    for line in log[len(header):].split(b"\n")[:-1]:  # the last, unterminated, is torn
+        try:
+            entry = json.loads(line)
+        except ValueError:  # torn by a crash, or garbage: that part is sent again
+            continue
+        number = entry.get("n") if isinstance(entry, dict) else None
+        if isinstance(number, int) and 1 <= number <= len(record["parts"]) and isinstance(
+                entry.get("etag"), str):
+            etags[number] = entry["etag"]
+    return record
 
 
 class _Journal:
     """The journal of one resumable upload, held under an exclusive lock.
 
-    open() locks (or refuses); load() reads; create(), add_part() and remove()
-    write, each durably before it returns; close() unlocks.
+    open() and claim() lock (or refuse); load() reads; create(), add_part()
+    and remove() write, each durably before it returns; close() unlocks.
     """
 
-    def __init__(self, directory: str, name: str, lock_fd: int) -> None:
+    def __init__(self, directory: str, name: str, what: str) -> None:
         self.directory, self.name = directory, name
-        self._lock_fd: Optional[int] = lock_fd
-        self._log_fd: Optional[int] = None
-        # Guards _log_fd: add_part() runs on worker threads, and two appends
-        # must not interleave, nor close() close the log under one.
-        self._lock = threading.Lock()
+        self._lock_fd: Optional[int] = _lock_journal(self._path(".lock"), what)
+        self._lock = threading.Lock()  # add_part() may be called from many threads
+        self._removed = False
+        self._sweep()
 
     @classmethod
     def open(cls, directory: str, base_url: str, folder_id: str, path: str,
              name: str = "") -> _Journal:
-        """The journal of uploading `path` (as `name`) to `folder_id` at
-        `base_url`, locked: one path under two names is two uploads.
-
-        Raises ConfigError if the directory cannot hold journals, or if another
-        process is working on this upload.
-        """
+        """The journal of uploading `path` as `name` (one path under two names
+        is two uploads) to `folder_id` at `base_url`, locked; ConfigError if the
+        directory cannot hold journals, or another process is working on it."""
         import hashlib
         import json
 
-        directory = os.path.abspath(directory)
-        path = os.path.abspath(path)
+        directory, path = os.path.abspath(directory), os.path.abspath(path)
         _prepare_state_dir(directory)
         key = json.dumps([base_url, folder_id, path, name]).encode("utf-8", "surrogatepass")
-        digest = hashlib.sha256(key).hexdigest()[:32]
-        journal = cls(directory, digest, _lock_journal(os.path.join(directory, digest + ".lock"),
-                                                       path))
-        journal._sweep()
-        return journal
+        return cls(directory, hashlib.sha256(key).hexdigest()[:32], path)
 
-    @classmethod
-    def _scan(cls, directory: str) -> List[Tuple[str, Json]]:
+    @staticmethod
+    def _scan(directory: str) -> List[Tuple[str, Json]]:
         try:
-            names = sorted(os.listdir(directory))
+            filenames = sorted(os.listdir(directory))
         except (FileNotFoundError, NotADirectoryError):
             return []
         found = []
-        for filename in names:
-            match = _JOURNAL_FILE.match(filename)
-            if match:
-                record = _read_journal(directory, match.group(1))
-                if record is not None:
-                    found.append((match.group(1), record))
+        for match in filter(None, map(_JOURNAL_FILE.match, filenames)):
+            record = _read_journal(directory, match.group(1))
+            if record is not None:
+                found.append((match.group(1), record))
         return found
 
     @classmethod
@@ -2165,16 +2115,12 @@ class _Journal:
 
     @classmethod
     def claim(cls, directory: str, file_id: str) -> Optional[_Journal]:
-        """The journal of file `file_id`, locked (for abort), or None if none.
-
-        Raises ConfigError if a process is uploading it right now.
-        """
+        """The journal of file `file_id`, locked (for abort), or None if none;
+        ConfigError if a process is uploading it right now."""
         directory = os.path.abspath(directory)
         for name, record in cls._scan(directory):
             if record["file_id"] == file_id:
-                lock = _lock_journal(os.path.join(directory, name + ".lock"),
-                                     record["source"]["path"])
-                journal = cls(directory, name, lock)
+                journal = cls(directory, name, record["source"]["path"])
                 again = journal.load()  # it may have completed before we locked it
                 if again is not None and again["file_id"] == file_id:
                     return journal
@@ -2199,16 +2145,16 @@ class _Journal:
         """Start the journal of an upload just initiated (see _journal_record)."""
         import json
 
-        if set(record) != set(_RECORD_FIELDS) or _record_problem(record):
-            raise ValueError("not a journal record: %s" % (
-                _record_problem(record) or "fields %s" % sorted(set(record) ^ set(_RECORD_FIELDS))))
-        header = json.dumps({"upload_id": record["upload_id"]}).encode() + b"\n"
+        problem = _record_problem(record)
+        extra = set(record) - set(_RECORD_FIELDS)
+        if problem or extra:
+            raise ValueError("not a journal record: %s" % (problem or "fields %s" % sorted(extra)))
         with self._lock:
-            self._close_log()
             # The parts log first: a crash between the two writes leaves the old
             # record beside a log that names another upload, which load() ignores.
-            _write_atomic(self._path(".parts"), header)
+            _write_atomic(self._path(".parts"), _log_header(record["upload_id"]))
             _write_atomic(self._path(".json"), json.dumps(record).encode())
+            self._removed = False
 
     def add_part(self, number: int, etag: str) -> None:
         """Record part `number` as stored: call it after the part's 2xx, and
@@ -2217,41 +2163,40 @@ class _Journal:
 
         line = json.dumps({"n": number, "etag": etag}).encode() + b"\n"
         with self._lock:
-            if self._log_fd is None:
-                self._log_fd = _open_parts_log(self._path(".parts"))
+            fd = os.open(self._path(".parts"), os.O_RDWR | os.O_APPEND | _O_BINARY)
             try:
+                # A crash (or a full disk) mid-append left a torn line: end it, or
+                # it would swallow this one. load() skips it as garbage.
+                os.lseek(fd, max(0, os.fstat(fd).st_size - 1), os.SEEK_SET)
+                if os.read(fd, 1) not in (b"", b"\n"):
+                    line = b"\n" + line
                 written = 0
                 while written < len(line):
-                    written += os.write(self._log_fd, line[written:])
-                os.fsync(self._log_fd)
-            except OSError:
-                self._close_log()  # reopening cuts off what was half written
-                raise
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def remove(self) -> None:
-        """Delete the journal (the upload completed or was aborted); keep the
-        lock until close()."""
+        """Delete the journal (the upload completed or was aborted); the lock
+        file goes at close()."""
         with self._lock:
-            self._close_log()
             _unlink(self._path(".json"))  # first: the rest means nothing without it
             _unlink(self._path(".parts"))
             self._sweep()
             _fsync_dir(self.directory)
-            if os.name != "nt":  # Windows cannot remove an open file: it stays, empty
-                _unlink(self._path(".lock"))
-
-    def _close_log(self) -> None:
-        if self._log_fd is not None:
-            os.close(self._log_fd)
-            self._log_fd = None
+            self._removed = True
 
     def close(self) -> None:
         """Release the lock; the journal stays on disk unless removed."""
-        with self._lock:
-            self._close_log()
-            if self._lock_fd is not None:
-                os.close(self._lock_fd)  # closing it releases the lock
-                self._lock_fd = None
+        if self._lock_fd is None:
+            return
+        # The lock file goes last, still locked: a journal removed, then created
+        # again (its URLs expired early), must refuse a second process meanwhile.
+        if self._removed and os.name != "nt":  # Windows cannot remove an open file
+            _unlink(self._path(".lock"))
+        os.close(self._lock_fd)  # closing it releases the lock
+        self._lock_fd = None
 
     def __enter__(self) -> _Journal:
         return self
@@ -2861,40 +2806,41 @@ def _item_name(item: Any) -> str:
 # ---------------------------------------------------------------------------
 
 
-def _check_count(label: str, value: Any, low: int) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                              or value < low):
-        raise ConfigError("%s must be a whole number >= %d, not %r" % (label, low, value))
+def _check_number(label: str, value: Any, whole: bool = True) -> None:
+    """ConfigError unless `value` is a number above 0 (a whole one if `whole`)."""
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
+            or value <= 0:
+        raise ConfigError("%s must be %s, not %r" % (
+            label, "a whole number >= 1" if whole else "a number > 0", value))
+
+
+def _payload(response: Json) -> Any:
+    return response.get("data", response)
 
 
 class Client:
     """A files.link client: configuration, connections and the rate-limit budget.
 
     Args:
-        api_key: default $FILESLINK_KEY; missing -> ConfigError.
+        api_key: default $FILESLINK_KEY.
         base_url: default $FILESLINK_BASE_URL, else https://api.files.link.
-        timeout: seconds per socket operation (connect, each send, each
-            read), and the most one answer may take to arrive whole from
-            the moment its request was sent (a server that trickles a byte
-            a second is given up on, not waited for).
+        timeout: seconds per socket operation, and the most one answer may
+            take to arrive whole (a server that trickles is given up on).
         retry: a Retry; None -> Retry().
         max_workers: parallel PUTs (parts, or files in upload_many); fewer
             when the open-file limit (RLIMIT_NOFILE) would not allow them.
         multipart_threshold: files of at least this many bytes go multipart.
-        ssl_context: an ssl.SSLContext (a corporate CA); used for the API
-            and for presigned URLs alike.
-        allow_insecure: permit a plain-http base URL (and presigned URLs)
-            to a host other than loopback; default $FILESLINK_ALLOW_INSECURE=1.
-        checksum: compare the MD5 of the bytes sent with the ETag storage
-            returns where that ETag is an MD5 (not under SSE-KMS or SSE-C;
-            about 1 s of CPU per GiB); False sends at wire speed.
+        ssl_context: for the API and presigned URLs alike (a corporate CA).
+        allow_insecure: permit plain http to a host other than loopback;
+            default $FILESLINK_ALLOW_INSECURE=1.
+        checksum: check the bytes sent against storage's ETag where it is
+            their MD5 (about 1 s of CPU per GiB); False sends at wire speed.
         batch_size: files per presign and per confirm call in upload_many.
         max_bandwidth: bytes per second across all workers; None: no limit.
 
     The constructor only validates and stores: no network, no threads. A
     Client is safe to share between threads and survives os.fork() (the
-    child opens its own connections); close() (or `with`) drops its idle
-    connections.
+    child opens its own connections).
     """
 
     def __init__(self, api_key: Optional[str] = None, base_url: Optional[str] = None,
@@ -2923,13 +2869,13 @@ class Client:
             raise ConfigError("refusing plain http to %s: the API key and your files would "
                               "cross the network unencrypted (set %s=1, or pass "
                               "allow_insecure=True, to permit it)" % (parts.hostname, _ENV_INSECURE))
-        _check_count("max_workers", max_workers, 1)
-        _check_count("multipart_threshold", multipart_threshold, 1)
-        _check_count("batch_size", batch_size, 1)
-        for label, value in (("timeout", timeout), ("max_bandwidth", max_bandwidth)):
-            if value is not None and (isinstance(value, bool) or not isinstance(
-                    value, (int, float)) or value <= 0):
-                raise ConfigError("%s must be a number > 0, not %r" % (label, value))
+        _check_number("max_workers", max_workers)
+        _check_number("multipart_threshold", multipart_threshold)
+        _check_number("timeout", timeout, whole=False)
+        if batch_size is not None:
+            _check_number("batch_size", batch_size)
+        if max_bandwidth is not None:
+            _check_number("max_bandwidth", max_bandwidth, whole=False)
         if retry is not None and not isinstance(retry, Retry):
             raise ConfigError("retry must be a fileslink.Retry, not %r" % (retry,))
         if ssl_context is not None:
@@ -2972,30 +2918,28 @@ class Client:
         """Upload one file and return it.
 
         Args:
-            source: a path, bytes, or a binary file object (seekable or not;
-                a stream, a pipe or a FIFO is read to its end first, to a
-                temporary file if large).
+            source: a path, bytes, or a binary file object; one that cannot
+                seek (a pipe, a FIFO) is read to its end first.
             folder_id: default $FILESLINK_FOLDER.
-            name: the name on files.link; default the file's own name
-                (required for bytes and nameless streams).
+            name: default the file's own (required for bytes and nameless streams).
             mime_type: default guessed from the name.
             progress: progress(name, sent, total), called from worker threads.
             link: also create a permanent public link (UploadedFile.url).
             resume: a multipart upload of a path that stops before it
-                completes (Ctrl-C, SIGTERM, a crash, retries exhausted) is
-                left open and journaled; the same upload run again sends
+                completes is left open and journaled; run again, it sends
                 only the parts not yet stored (README: "Resuming").
 
         Raises:
             OSError: the local file is missing, a directory or unreadable.
-            ConfigError: the source cannot be uploaded (a device, a socket,
-                a text-mode stream), or a bad option.
+            ConfigError: a source that cannot be uploaded (a device, a
+                text-mode stream), or a bad option.
             FilesLinkError: see the subclasses; a multipart upload that fails
                 is aborted first.
         """
         folder = self._folder(folder_id)
         src = _open_source(source, name, mime_type)
-        transfer = self._transfer(folder, progress, link, None, False, resume)
+        transfer = _Transfer(self._api, self.max_workers, self.multipart_threshold,
+                             self._batch_size, folder, progress, link, None, False, resume)
         try:
             results = transfer.execute([src])
         finally:
@@ -3012,34 +2956,27 @@ class Client:
 
         Args:
             sources: paths, bytes, file objects, or (name, source) pairs; any
-                iterable, read as the upload goes (a generator of 10,000
-                paths is never held at once).
+                iterable, read as the upload goes (never held all at once).
             skip_existing: list the folder once, and skip every source whose
-                name and size match a file already there: it comes back as
-                that file, with skipped=True.
-            resume: as for upload(), for every multipart upload of a path.
-            on_file: on_file(index, result) as each file ends, result being
-                its UploadedFile or its exception (called in this thread).
-                When the run is stopped (Ctrl-C, a fatal error) it is called
-                for each file cut short too, before the error propagates.
+                name and size match a file there: it comes back as that file,
+                with skipped=True.
+            on_file: on_file(index, result) in this thread as each file ends
+                (its UploadedFile or its exception), and for each file cut
+                short when the run is stopped, before the error propagates.
+            folder_id, progress, link, resume: as for upload().
 
         Raises:
             UploadManyError: some files failed; the others were uploaded and
                 confirmed, and are in its .uploaded.
             AuthError: the key was refused; nothing more is attempted.
         """
-        folder = self._folder(folder_id)
-        transfer = self._transfer(folder, progress, link, on_file, skip_existing, resume)
+        transfer = _Transfer(self._api, self.max_workers, self.multipart_threshold,
+                             self._batch_size, self._folder(folder_id), progress, link,
+                             on_file, skip_existing, resume)
         results = transfer.execute(sources)
         if transfer.failures:
             raise UploadManyError(sorted(transfer.failures, key=lambda f: f[0]), results)
         return results
-
-    def _transfer(self, folder: str, progress: Optional[Progress], link: bool,
-                  on_file: Optional[Callable[[int, Any], None]], skip: bool,
-                  resume: bool) -> _Transfer:
-        return _Transfer(self._api, self.max_workers, self.multipart_threshold,
-                         self._batch_size, folder, progress, link, on_file, skip, resume)
 
     def pending(self) -> List[PendingUpload]:
         """The resumable uploads journaled for this client's base URL."""
@@ -3120,8 +3057,7 @@ class Client:
         self._delete("public", file_id, "file id")
 
     def list_projects(self, page: int = 1) -> Any:
-        data = self._api.call("GET", _ROUTES["projects_page"].format(int(page)))
-        return data.get("data", data)
+        return _payload(self._api.call("GET", _ROUTES["projects_page"].format(int(page))))
 
     def create_project(self, title: str) -> str:
         """Create a project; its id. Not retried once the request may have
@@ -3130,15 +3066,13 @@ class Client:
         return _need_str(data, "projectId", "POST /v1/projects")
 
     def get_project(self, project_id: str) -> Any:
-        data = self._get("project", project_id, "project id")
-        return data.get("data", data)
+        return _payload(self._get("project", project_id, "project id"))
 
     def delete_project(self, project_id: str) -> None:
         self._delete("project_delete", project_id, "project id")
 
     def list_folders(self, project_id: str) -> Any:
-        data = self._get("project_folders", project_id, "project id")
-        return data.get("data", data)
+        return _payload(self._get("project_folders", project_id, "project id"))
 
     def create_folder(self, title: str, project_id: str, private: bool = False) -> str:
         """Create a folder; its id. Not retried once the request may have
@@ -3149,8 +3083,7 @@ class Client:
         return _need_str(data, "folderId", "POST /v1/folders")
 
     def get_folder(self, folder_id: str) -> Any:
-        data = self._get("folder", folder_id, "folder id")
-        return data.get("data", data)
+        return _payload(self._get("folder", folder_id, "folder id"))
 
     def delete_folder(self, folder_id: str) -> None:
         self._delete("folder", folder_id, "folder id")
@@ -3159,11 +3092,8 @@ class Client:
 def upload(source: Source, folder_id: Optional[str] = None, *, name: Optional[str] = None,
            mime_type: Optional[str] = None, progress: Optional[Progress] = None,
            link: bool = False) -> UploadedFile:
-    """Upload one file with a Client configured from the environment.
-
-    A new Client per call: no module-level state to leak between callers.
-    See Client.upload for the arguments.
-    """
+    """Upload one file with a Client configured from the environment: a new
+    Client per call, so no state leaks between callers. See Client.upload."""
     with Client() as client:
         return client.upload(source, folder_id, name=name, mime_type=mime_type,
                              progress=progress, link=link)

@@ -4409,6 +4409,29 @@ class TestBadInput(FolderInEnvCase):
                     self.assertEqual(fake.log[before:], [], "no request before a local error")
 
 
+    def test_bad_client_options_are_config_errors_that_name_the_option(self) -> None:
+        whole, number = "a whole number >= 1", "a number > 0"
+        rows: List[Tuple[str, Any, str]] = [
+            ("max_workers", 0, whole), ("max_workers", 2.5, whole), ("max_workers", True, whole),
+            ("max_workers", None, whole), ("multipart_threshold", -1, whole),
+            ("multipart_threshold", None, whole), ("batch_size", 0, whole),
+            ("batch_size", "10", whole), ("timeout", 0, number), ("timeout", None, number),
+            ("timeout", "5", number), ("max_bandwidth", 0.0, number),
+            ("max_bandwidth", False, number), ("retry", 3, "a fileslink.Retry"),
+            ("ssl_context", "ca.pem", "an ssl.SSLContext")]
+        base = {"api_key": "k", "base_url": self.fake.base_url}
+        for option, value, words in rows:
+            with self.subTest(option=option, value=value):
+                with self.assertRaises(fileslink.ConfigError) as cm:
+                    fileslink.Client(**dict(base, **{option: value}))
+                self.assertIn("%s must be %s" % (option, words), str(cm.exception))
+        for option, value in (("batch_size", None), ("max_bandwidth", None), ("timeout", 0.5),
+                              ("max_bandwidth", 1), ("multipart_threshold", 1)):
+            with self.subTest(option=option, value=value):
+                fileslink.Client(**dict(base, **{option: value})).close()
+        self.assertEqual(self.fake.log, [])
+
+
 class TestGzipErrors(FakeTestCase):
     """An error body gzipped though nobody asked: described, not dumped."""
 
@@ -4889,14 +4912,15 @@ class TestJournal(unittest.TestCase):
         return journal
 
     def record(self, urls: Optional[List[str]] = None, path: Optional[str] = None,
-               file_id: str = "file-1", upload_id: str = "up-1") -> Dict[str, Any]:
+               file_id: str = "file-1", upload_id: str = "up-1",
+               size: int = 3 * MiB) -> Dict[str, Any]:
         if urls is None:
             urls = [_signed_url(n, self.now, 3600) for n in (1, 2, 3)]
         return fileslink._journal_record(
             self.base_url, self.folder, fileslink._source_identity(path or self.path),
             file_id=file_id, upload_id=upload_id, key="k/big.bin", bucket="bucket",
-            name="big.bin", mime_type="application/octet-stream", size=3 * MiB,
-            part_size=-(-3 * MiB // len(urls)), urls=urls, now=self.now)
+            name="big.bin", mime_type="application/octet-stream", size=size,
+            part_size=-(-size // len(urls)), urls=urls, now=self.now)
 
     def child(self, mode: str, stdin: bytes = b"") -> "subprocess.CompletedProcess[str]":
         return subprocess.run([sys.executable, "-c", _JOURNAL_CHILD, HERE, mode, self.state,
@@ -4982,6 +5006,18 @@ class TestJournal(unittest.TestCase):
         journal.create(self.record())          # and a fresh upload simply replaces it
         self.assertEqual(journal.load()["upload_id"], "up-1")
 
+    def test_a_journal_whose_parts_do_not_cover_its_size_reads_as_absent(self) -> None:
+        journal = self.open()
+        for label, change in (("no parts", {"parts": []}), ("parts of 0 bytes", {"part_size": 0}),
+                              ("parts of -1 bytes", {"part_size": -1}),
+                              ("too big parts", {"part_size": 3 * MiB})):
+            with self.subTest(label):
+                with open(os.path.join(self.state, journal.name + ".json"), "w") as f:
+                    json.dump(dict(self.record(), **change), f)
+                with self.assertLogs("fileslink", "DEBUG") as logs:
+                    self.assertIsNone(journal.load())
+                self.assertIn("do not cover", logs.output[0])
+
     def test_a_second_process_is_refused_while_the_first_holds_the_journal(self) -> None:
         journal = self.open()
         journal.create(self.record())
@@ -4997,6 +5033,16 @@ class TestJournal(unittest.TestCase):
         journal.close()
         self.assertEqual(self.files(), [])
         self.open().close()                    # and a new one is made for the next upload
+
+    def test_a_journal_removed_and_created_again_stays_locked(self) -> None:
+        journal = self.open()
+        journal.create(self.record())
+        journal.remove()                       # its part URLs expired early: initiated again
+        journal.create(self.record(upload_id="up-2"))
+        refused = self.child("lock")
+        self.assertEqual(refused.returncode, 3, refused.stdout + refused.stderr)
+        journal.close()
+        self.assertEqual(self.open().load()["upload_id"], "up-2")
 
     def test_open_refuses_a_state_directory_it_cannot_write(self) -> None:
         plain = self.write("plain-file", b"x")
@@ -5125,7 +5171,7 @@ class TestJournal(unittest.TestCase):
         # 400 parts, not 10,000: each add_part waits for an fsync (~0.3 ms here).
         urls = [_signed_url(n, self.now, 3600) for n in range(1, 10001)]
         journal = self.open()
-        journal.create(self.record(urls))
+        journal.create(self.record(urls, size=10000 * 5 * MiB))   # parts of 5 MiB
         etags = {n: '"%032x"' % n for n in range(1, 10001, 25)}
         numbers = sorted(etags)
 
