@@ -167,7 +167,9 @@ _MIME_TYPES = {
     "zip": "application/zip", "zst": "application/zstd",
 }
 _DEFAULT_MIME = "application/octet-stream"
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Regular expressions are kept as text and compiled at first use (re caches
+#: them): compiling them at import cost a cold start almost a millisecond.
+_CONTROL = r"[\x00-\x1f\x7f]"
 
 #: Where resumable uploads keep their journals (default: the user cache dir).
 _ENV_STATE_DIR = "FILESLINK_STATE_DIR"
@@ -302,7 +304,7 @@ _RUN_FATAL = (AuthError, _Cancelled)
 # ---------------------------------------------------------------------------
 
 def _clip(text: str, limit: int = 300) -> str:
-    text = _CONTROL.sub(" ", text).strip()
+    text = re.sub(_CONTROL, " ", text).strip()
     return text if len(text) <= limit else text[:limit] + "..."
 
 
@@ -423,7 +425,7 @@ def _parse_part(position: int, item: Any) -> Tuple[int, str]:
         position, ", ".join(sorted(item)) if isinstance(item, dict) else type(item).__name__))
 
 
-_AMZ_DATE = re.compile(r"^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$")
+_AMZ_DATE = r"^(\d{4})(\d\d)(\d\d)T(\d\d)(\d\d)(\d\d)Z$"
 
 
 def _url_lifetime(url: str) -> Optional[Tuple[float, float]]:
@@ -433,7 +435,7 @@ def _url_lifetime(url: str) -> Optional[Tuple[float, float]]:
     query = {k.lower(): v for k, v in urllib.parse.parse_qsl(urllib.parse.urlsplit(url).query)}
     for vendor in ("x-amz-", "x-goog-"):
         date, expires = query.get(vendor + "date", ""), query.get(vendor + "expires", "")
-        match = _AMZ_DATE.match(date)
+        match = re.match(_AMZ_DATE, date)
         if match and re.match(r"^[0-9]{1,9}$", expires):
             import datetime  # already loaded by http.client (email.utils)
 
@@ -1200,7 +1202,7 @@ def _clean_name(name: str) -> str:
     """A name fit for the API: undecodable bytes and control characters
     (a name from the file system may hold both) become U+FFFD and "_"."""
     name = name.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return _CONTROL.sub("_", name)
+    return re.sub(_CONTROL, "_", name)
 
 
 def _guess_mime(name: str) -> str:
@@ -1247,7 +1249,7 @@ def _open_source(item: Any, name: Optional[str], mime_type: Optional[str]) -> _S
     if isinstance(item, tuple) and len(item) == 2 and isinstance(item[0], str):
         name, item = item
     if name is not None:
-        if not isinstance(name, str) or not name or _CONTROL.search(name):
+        if not isinstance(name, str) or not name or re.search(_CONTROL, name):
             raise ConfigError("name must be a non-empty string without control characters, "
                               "not %r" % (name,))
         name = _clean_name(name)  # lone surrogates from a command line become U+FFFD
@@ -1427,12 +1429,12 @@ class _RateGate:
             self._left, self._reset_at = left, time.monotonic() + reset
 
 
-_BAD_ID = re.compile(r"[/?#%\\\s\x00-\x1f\x7f]")
+_BAD_ID = r"[/?#%\\\s\x00-\x1f\x7f]"
 
 
 def _check_id(value: Any, what: str) -> str:
     """An id that goes into a URL path: refused rather than escaped."""
-    if not isinstance(value, str) or not value or _BAD_ID.search(value):
+    if not isinstance(value, str) or not value or re.search(_BAD_ID, value):
         raise ConfigError("%s must be a non-empty id without '/', '?', '#', '%%', "
                           "spaces or control characters, not %r" % (what, value))
     return value
@@ -1446,13 +1448,13 @@ def _need_str(data: Json, field: str, what: str) -> str:
     return value
 
 
-_PLAIN_MD5 = re.compile(r'^"[0-9a-fA-F]{32}"$')
-_S3_FIELD = re.compile(r"<(Code|Message)>([^<]{0,300})</\1>")
+_PLAIN_MD5 = r'^"[0-9a-fA-F]{32}"$'
+_S3_FIELD = r"<(Code|Message)>([^<]{0,300})</\1>"
 
 
 def _storage_message(text: str) -> str:
     """Code and Message of an S3-style XML error, else the start of the body."""
-    fields = dict(_S3_FIELD.findall(text))
+    fields = dict(re.findall(_S3_FIELD, text))
     if fields:
         return ": ".join(v for v in (fields.get("Code"), fields.get("Message")) if v)
     return _clip(text, 200)
@@ -1569,7 +1571,7 @@ class _API:
             parts.port  # noqa: B018 - raises ValueError on a bad port
         except ValueError:
             raise ProtocolError("the presigned URL is malformed") from None
-        if scheme not in ("http", "https") or not host or _CONTROL.search(url) or " " in url:
+        if scheme not in ("http", "https") or not host or re.search(_CONTROL, url) or " " in url:
             raise ProtocolError("the presigned URL %s is not an http(s) URL with a host"
                                 % _clip(_unsigned_url(url), 100))
         if scheme == "http" and not self.plain_ok:
@@ -1750,11 +1752,11 @@ class _API:
                 raise _Retryable(error, _parse_retry_after(resp.headers.get("Retry-After")))
             raise error
         etag = resp.headers.get("ETag")
-        if etag is not None and _CONTROL.search(etag):
+        if etag is not None and re.search(_CONTROL, etag):
             raise ProtocolError("%s: storage sent an ETag with control characters" % what)
         if part and not etag:
             raise ProtocolError("%s: storage answered without an ETag" % what)
-        if not (sent and etag and _PLAIN_MD5.match(etag)):
+        if not (sent and etag and re.match(_PLAIN_MD5, etag)):
             return etag or ""
         sse = (resp.headers.get("x-amz-server-side-encryption") or "").strip().lower()
         if sse.startswith("aws:kms") or \
@@ -1785,7 +1787,7 @@ class _API:
 # Part URLs are write credentials: the directory is 0700, the files 0600.
 
 #: A journal's record file: NAME is 32 hex digits.
-_JOURNAL_FILE = re.compile(r"^([0-9a-f]{32})\.json$")
+_JOURNAL_FILE = r"^([0-9a-f]{32})\.json$"
 #: What a record holds, and the types a loaded one must have. create() refuses
 #: any other field, so nothing else (the API key above all) can reach the disk.
 _RECORD_FIELDS: Dict[str, Any] = {
@@ -2102,7 +2104,10 @@ class _Journal:
         except (FileNotFoundError, NotADirectoryError):
             return []
         found = []
-        for match in filter(None, map(_JOURNAL_FILE.match, filenames)):
+        for filename in filenames:
+            match = re.match(_JOURNAL_FILE, filename)
+            if match is None:
+                continue
             record = _read_journal(directory, match.group(1))
             if record is not None:
                 found.append((match.group(1), record))
@@ -2853,14 +2858,14 @@ class Client:
         key = os.environ.get(_ENV_KEY, "") if api_key is None else api_key
         if not isinstance(key, str) or not key:
             raise ConfigError("no API key: set %s to your files.link API key" % _ENV_KEY)
-        if _CONTROL.search(key) or key != key.strip() or not key.isascii():
+        if re.search(_CONTROL, key) or key != key.strip() or not key.isascii():
             raise ConfigError("the API key contains a newline, a control character, "
                               "surrounding spaces or characters that are not ASCII (quotes "
                               "pasted from a page?); check how it was set")
         base = (base_url or os.environ.get(_ENV_BASE_URL) or _DEFAULT_BASE_URL).rstrip("/")
         parts = urllib.parse.urlsplit(base)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
-                or parts.fragment or _CONTROL.search(base):
+                or parts.fragment or re.search(_CONTROL, base):
             raise ConfigError("base_url must be an http(s) URL with a host, not %r" % base)
         if allow_insecure is None:
             allow_insecure = os.environ.get(_ENV_INSECURE, "") == "1"
