@@ -2184,12 +2184,18 @@ class _Journal:
 
     def remove(self) -> None:
         """Delete the journal (the upload completed or was aborted); the lock
-        file goes at close()."""
+        file goes at close(). Best effort: the upload is over at files.link,
+        and a state directory gone read-only or removed must not turn a
+        completed upload into a failed run."""
         with self._lock:
-            _unlink(self._path(".json"))  # first: the rest means nothing without it
-            _unlink(self._path(".parts"))
-            self._sweep()
-            _fsync_dir(self.directory)
+            try:
+                _unlink(self._path(".json"))  # first: the rest means nothing without it
+                _unlink(self._path(".parts"))
+                self._sweep()
+                _fsync_dir(self.directory)
+            except OSError as exc:
+                _log(_WARNING, "could not remove the resume journal %s: %s",
+                     self._path(".json"), exc.strerror or exc)
             self._removed = True
 
     def close(self) -> None:

@@ -2382,7 +2382,6 @@ class SmallPartsResumeCase(FakeTestCase):
         self.state = os.path.join(self.tmp, "state")
         os.environ["FILESLINK_STATE_DIR"] = self.state
 
-
     def big_client(self, **kw: Any) -> "fileslink.Client":
         return self.client(multipart_threshold=64 * 1024, **kw)
 
@@ -5308,6 +5307,29 @@ class TestResumeEdges(SmallPartsResumeCase):
         self.assertEqual(self.fake.files[result.id].data, data)
         self.assertEqual([r for r in self.fake.log[mark:] if r.plane == "storage"], [])
         self.assertEqual(self.big_client().pending(), [])
+
+    def test_a_journal_that_cannot_be_removed_does_not_fail_the_completed_upload(self) -> None:
+        # The state directory goes read-only once every byte is sent.
+        path, data = self.make_file("big.bin", 300 * 1024, seed=94)
+        sent_all: List[bool] = []
+        sweep = fileslink._Journal._sweep
+
+        def progress(name: str, sent: int, total: int) -> None:
+            if sent == total:
+                sent_all.append(True)
+
+        def read_only(journal: Any) -> None:
+            if sent_all:
+                raise OSError(30, "Read-only file system")      # EROFS
+            sweep(journal)
+
+        with mock.patch.object(fileslink._Journal, "_sweep", read_only), \
+                self.assertLogs("fileslink", "WARNING") as logs:
+            result = self.big_client().upload(path, self.fake.folder_id, resume=True,
+                                              progress=progress)
+        self.assert_stored(result, data)
+        self.assertRegex(logs.output[-1], r"could not remove the resume journal .*\.json: "
+                         r"Read-only file system$")
 
     def test_a_source_gone_before_its_initiate_leaves_no_orphan_and_spares_the_rest(self) -> None:
         a, _ = self.make_file("a.bin", 640 * 1024, seed=91)
