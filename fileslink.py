@@ -1366,7 +1366,10 @@ def _parse_retry_after(value: Optional[str]) -> Optional[float]:
     parsed = email.utils.parsedate_tz(value.strip())
     if parsed is None:
         return None
-    return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+    try:
+        return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+    except (ValueError, OverflowError):  # past year 9999: later than any wait we sit out
+        return float("inf")
 
 
 #: A reset above this many seconds is a Unix time, not a delay (the
@@ -2225,27 +2228,32 @@ class _Journal:
 _KEPT = "kept to be resumed"
 
 
-def _fd_room(workers: int, batch_size: int) -> int:
-    """Workers the open-file limit leaves room for. Each may hold a socket
-    and an idle one, and a file or two admitted ahead of it; a batch of
-    small files is open while it is presigned."""
+def _fd_room(workers: int, batch_size: int) -> Tuple[int, int]:
+    """Workers, and files per presign batch, that the open-file limit leaves
+    room for. Each worker may hold a socket, an idle one and a file or two
+    admitted ahead of it; a batch of small files is open while it is
+    presigned. Under a low limit (`ulimit -n 40`) both shrink: more calls,
+    but files that open."""
     try:
         import resource
 
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     except (ImportError, OSError, ValueError):
-        return workers  # no such limit here (Windows)
+        return workers, batch_size  # no such limit here (Windows)
     if soft == resource.RLIM_INFINITY:
-        return workers
+        return workers, batch_size
     try:
         used = len(os.listdir("/proc/self/fd"))
     except OSError:
         used = _SPARE_FDS
-    room = max(1, (soft - used - _SPARE_FDS - batch_size) // 4)
-    if room < workers:
-        _log(_INFO, "max_workers %d capped to %d: the open-file limit (RLIMIT_NOFILE) is %d",
-             workers, room, soft)
-    return min(workers, room)
+    room = soft - used - min(_SPARE_FDS, soft // 4)  # the application's share stays free
+    fit_workers = min(workers, max(1, room // 8))
+    fit_batch = min(batch_size, max(1, room - 4 * fit_workers))
+    if (fit_workers, fit_batch) != (workers, batch_size):
+        _log(_INFO, "max_workers %d capped to %d and batches of %d files to %d: the "
+             "open-file limit (RLIMIT_NOFILE) is %d", workers, fit_workers, batch_size,
+             fit_batch, soft)
+    return fit_workers, fit_batch
 
 
 class _Job:
@@ -2311,8 +2319,8 @@ class _Transfer:
                  folder_id: str, progress: Optional[Progress], link: bool,
                  on_file: Optional[Callable[[int, Any], None]], skip_existing: bool,
                  resume: bool) -> None:
-        self.api, self.threshold, self.batch_size = api, threshold, batch_size
-        self.workers = _fd_room(workers, batch_size)
+        self.api, self.threshold = api, threshold
+        self.workers, self.batch_size = _fd_room(workers, batch_size)
         self.folder, self.progress, self.link, self.on_file = folder_id, progress, link, on_file
         self.skip_existing, self.resume = skip_existing, resume
         self.state_dir = _state_dir() if resume else ""
