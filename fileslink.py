@@ -2364,6 +2364,9 @@ class _Transfer:
             while self._fill(numbered) or self.futures:
                 self._reap()
         except BaseException as exc:
+            # Set first: should a second Ctrl-C cut _stop short, the workers
+            # still end, and the pool below is not waited for.
+            self.cancel.set()
             self._stop(exc)
             raise
         finally:
@@ -3312,7 +3315,14 @@ def _hook(screen: _Screen, verbose: int) -> Callable[[], None]:
     (warnings always: what a person must see survives --quiet and a pipe;
     -v adds info, -vv debug), and SIGTERM (containers, systemd, `timeout`)
     raises _Terminated, so it ends a run as Ctrl-C does. Returns what puts
-    both back as they were found."""
+    both back as they were found.
+
+    The first SIGINT or SIGTERM stops the run; any that follow are let go
+    until the run is over. A launcher that forwards Ctrl-C (npm, tini, a
+    wrapper script) delivers it twice, microseconds apart, and a second
+    KeyboardInterrupt raised inside the stop left the upload unaborted, or
+    the exit waiting for the workers. A SIGINT someone set to be ignored
+    (`nohup`, `cmd &`) stays ignored."""
     import logging
     import signal
 
@@ -3325,9 +3335,13 @@ def _hook(screen: _Screen, verbose: int) -> Callable[[], None]:
                 return
             screen.message("fileslink: %s: %s" % (record.levelname.lower(), _clean_name(text)))
 
-    def terminate(signum: int, frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the abort short
-        raise _Terminated()
+    def stop(signum: int, frame: Any) -> None:
+        for number in saved:
+            signal.signal(number, later)
+        raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    def later(signum: int, frame: Any) -> None:
+        pass  # not SIG_IGN: 3.8 and 3.9 may call the handler of a signal already pending
 
     logger = logging.getLogger("fileslink")
     handler = ToScreen()
@@ -3335,12 +3349,17 @@ def _hook(screen: _Screen, verbose: int) -> Callable[[], None]:
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
     logger.propagate = False  # an application's root handler must not print them twice
-    trapped = threading.current_thread() is threading.main_thread()  # no other thread can
-    old = signal.signal(signal.SIGTERM, terminate) if trapped else None
+    saved: Dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():  # no other thread can
+        saved[signal.SIGTERM] = signal.getsignal(signal.SIGTERM)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            saved[signal.SIGINT] = signal.default_int_handler
+        for number in saved:
+            signal.signal(number, stop)
 
     def restore() -> None:
-        if trapped:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL if old is None else old)
+        for number, old in saved.items():
+            signal.signal(number, signal.SIG_DFL if old is None else old)
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate

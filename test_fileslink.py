@@ -6498,6 +6498,23 @@ class TestCliSignals(CliCase):
         self.cli(*["ls"])
         self.assertIs(signal.getsignal(signal.SIGTERM), before)
 
+    def test_main_leaves_an_ignored_sigint_ignored_and_puts_the_default_back(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            self.skipTest("signal handlers are set in the main thread")
+        previous = signal.getsignal(signal.SIGINT)
+        self.addCleanup(signal.signal, signal.SIGINT, previous)
+        for handler in (signal.SIG_IGN, signal.default_int_handler):   # nohup; a shell
+            signal.signal(signal.SIGINT, handler)
+            with mock.patch("signal.signal", wraps=signal.signal) as spy:
+                self.assertEqual(self.cli(*["ls"])[0], 0)
+            set_to = [args[1] for args, _ in spy.call_args_list if args[0] == signal.SIGINT]
+            self.assertIs(signal.getsignal(signal.SIGINT), handler)
+            if handler is signal.SIG_IGN:
+                self.assertEqual(set_to, [])                 # never turned back on
+            else:
+                self.assertEqual(len(set_to), 2, set_to)     # trapped, then put back
+                self.assertIs(set_to[-1], handler)
+
 
 class TestCliResume(CliCase):
     """--resume, pending and abort (issue 11's commands)."""
@@ -7032,6 +7049,170 @@ def readme_blocks():
         text = f.read()
     return [(m.group("lang"), m.group("code"), m.group("marker") or "")
             for m in _README_FENCE.finditer(text)]
+
+
+class TestHostileEnvironments(CliCase):
+    """Environments a hostile tester met outside the suite's paths: each test
+    failed on the client it was written against (helper-break, 2026-12-02)."""
+
+    fake_options = {"min_part_size": 64 * 1024, "part_size": 64 * 1024}
+
+    def run_cli(self, *argv: str, preexec_fn: Optional[Callable[[], None]] = None,
+                stderr: Any = subprocess.PIPE) -> "subprocess.CompletedProcess[bytes]":
+        """`python -m fileslink ARGV` in a child set up by preexec_fn (30 s bound)."""
+        return subprocess.run([sys.executable, "-m", "fileslink"] + list(argv),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr,
+                              cwd=HERE, env=dict(os.environ, PYTHONPATH=""), timeout=30,
+                              preexec_fn=preexec_fn)
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "RLIMIT_NOFILE and /proc/self/fd")
+    def test_sixty_files_upload_under_an_open_file_limit_of_40(self) -> None:
+        # `ulimit -n 40`: the workers are capped, but a batch of 50 files is
+        # held open while it is presigned, and then no socket can be opened.
+        top = self.tree(*["f%02d.bin" % i for i in range(60)], size=100)
+
+        def low_limit() -> None:
+            import resource
+            resource.setrlimit(resource.RLIMIT_NOFILE, (40, 40))
+
+        proc = self.run_cli("upload", top, preexec_fn=low_limit)
+        self.assertEqual(proc.returncode, 0, proc.stderr.decode()[-500:])
+        self.assertEqual(len(self.stored()), 60)
+
+    def test_a_retry_after_date_past_year_9999_fails_no_other_file(self) -> None:
+        # One storage answer with a Retry-After date datetime cannot hold
+        # (ValueError from calendar.timegm) must not crash the whole run.
+        top = self.tree("a.txt", "b.txt", "c.txt")
+        self.fake.inject("storage", status=503,
+                         headers={"Retry-After": "Fri, 01 Jan 10000 00:00:00 GMT"})
+        proc = self.run_cli("upload", top, "--workers", "1")
+        self.assertNotIn(b"Traceback", proc.stderr, proc.stderr.decode()[-500:])
+        self.assertGreaterEqual(len(self.stored()), 2)
+        for value in ("Fri, 01 Jan 10000 00:00:00 GMT", "Mon, 01 Jan 99999999999 00:00:00 GMT"):
+            fileslink._parse_retry_after(value)  # a number or None, never an exception
+
+    def test_a_journal_of_an_upload_the_service_completed_is_not_pending_for_ever(self) -> None:
+        # complete is carried out but its answer lost, then 500s: the service
+        # holds the file, the journal stays. (A SIGTERM that lands as complete
+        # answers leaves the same journal.) Nothing is left to abort.
+        path, data = self.make_file("big.bin", 320 * 1024)
+        self.fake.inject("api", lost=True, path_contains="/multipart/complete")
+        self.fake.inject("api", status=500, times=10, path_contains="/multipart/complete")
+        proc = self.run_cli("upload", path, "--resume", "--threshold", "128K")
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        self.assertEqual(self.stored(), {"big.bin": data})
+        self.fake.clear_faults()
+        skip = self.run_cli("upload", path, "--resume", "--threshold", "128K", "--skip-existing")
+        self.assertEqual(skip.returncode, 0, skip.stderr)
+        abort = self.run_cli("abort", "--all")
+        self.assertEqual(abort.returncode, 0, abort.stderr)
+        self.assertEqual(self.run_cli("pending").stdout, b"")
+
+    def test_a_kept_upload_is_aborted_when_the_rerun_sends_the_file_in_one_put(self) -> None:
+        # `upload big --resume --threshold 128K` fails and keeps its upload;
+        # the same file again with the default threshold goes in one PUT.
+        # README: a journal that is not continued is aborted and dropped.
+        path, data = self.make_file("big.bin", 320 * 1024)
+        self.once_answered("storage", lambda: self.fake.inject("storage", status=400))
+        proc = self.run_cli("upload", path, "--resume", "--threshold", "128K", "--workers", "1")
+        self.fake.on_request = None
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        (kept,) = self.fake.multipart.values()
+        proc = self.run_cli("upload", path, "--resume")
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(self.stored(), {"big.bin": data})
+        self.assertEqual(kept.state, "aborted", "its stored parts are billed, unlisted by ls")
+        self.assertEqual(self.run_cli("pending").stdout, b"")
+
+    @unittest.skipUnless(hasattr(signal, "SIGXFSZ"), "RLIMIT_FSIZE")
+    def test_a_journal_that_cannot_be_written_after_initiate_leaves_nothing_open(self) -> None:
+        # A full disk under FILESLINK_STATE_DIR, met once initiate answered:
+        # the upload is neither journaled (pending is empty) nor aborted.
+        path, _ = self.make_file("big.bin", 320 * 1024)
+
+        def small_files() -> None:
+            import resource
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, as ENOSPC would be
+            resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+
+        proc = self.run_cli("upload", path, "--resume", "--threshold", "128K",
+                            preexec_fn=small_files)
+        self.assertEqual(proc.returncode, 1, proc.stderr)
+        self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"],
+                         "an open upload that `fileslink pending` does not list")
+
+    @unittest.skipUnless(os.name == "posix", "closes a file descriptor")
+    def test_a_closed_stderr_does_not_stop_the_other_files(self) -> None:
+        # `2>&-` (some daemons): the error line for the missing path must not
+        # end the run before any upload.
+        top = self.tree("a.txt", "b.txt")
+        missing = os.path.join(self.tmp, "missing.txt")
+        proc = self.run_cli("upload", top, missing, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: os.close(2))
+        self.assertEqual(proc.returncode, 1)
+        self.assertEqual(sorted(self.stored()), ["a.txt", "b.txt"])
+
+    @unittest.skipUnless(os.name == "posix", "closes a file descriptor")
+    def test_a_stdout_closed_from_the_start_ends_quietly_with_status_0(self) -> None:
+        # `>&-`: README says a closed stdout ends the run quietly, status 0.
+        top = self.tree("a.txt", "b.txt")
+        proc = self.run_cli("upload", top, preexec_fn=lambda: os.close(1))
+        self.assertNotIn(b"Traceback", proc.stderr, proc.stderr.decode()[-500:])
+        self.assertEqual(proc.returncode, 0)
+
+    @unittest.skipUnless(os.name == "posix", "closes a file descriptor")
+    def test_dash_with_stdin_closed_is_one_error_line(self) -> None:
+        proc = self.run_cli("upload", "-", "--name", "x.txt", preexec_fn=lambda: os.close(0))
+        self.assertNotIn(b"Traceback", proc.stderr, proc.stderr.decode()[-500:])
+        self.assertRegex(proc.stderr.decode(), r"^fileslink: error: ")
+
+    @unittest.skipUnless(sys.platform.startswith("linux"), "a name of arbitrary bytes")
+    def test_c1_control_characters_in_a_file_name_become_underscores(self) -> None:
+        # U+009B is CSI to a terminal that honours 8-bit controls: `ls` and
+        # the result line would carry an escape sequence.
+        folder = os.path.join(self.tmp, "c1")
+        os.mkdir(folder)
+        with open(os.path.join(os.fsencode(folder), b"red\xc2\x9b31m.txt"), "wb") as f:
+            f.write(b"x")
+        proc = self.run_cli("upload", folder)
+        self.assertEqual(proc.returncode, 0, proc.stderr)
+        self.assertEqual(sorted(self.stored()), ["red_31m.txt"])
+
+    @unittest.skipUnless(os.name == "posix", "sends SIGINT")
+    def test_two_ctrl_cs_back_to_back_still_abort_and_exit(self) -> None:
+        # One Ctrl-C under a launcher that forwards it (npm/poetry run, tini,
+        # a wrapper script) arrives twice, microseconds apart. The second
+        # lands in the stop itself, before cancel is set: the abort is never
+        # sent (the upload stays open) or the CLI hangs in
+        # pool.shutdown(wait=True). A race: eight tries (about 0.3 s each).
+        path, _ = self.make_file("big.bin", 1 * MiB)
+        for attempt in range(8):
+            self.fake.clear_faults()
+            self.fake.inject("storage", delay=30)  # part 1 stalls: the upload cannot end by itself
+            before = set(self.fake.multipart)
+            proc = subprocess.Popen([sys.executable, "-c", _WORLD_CLI, "upload", path,
+                                     "--threshold", "256K", "--workers", "2"],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, cwd=HERE,
+                                    env=dict(os.environ, PYTHONPATH=""))
+
+            def twice(proc: "subprocess.Popen[bytes]" = proc) -> None:
+                proc.send_signal(signal.SIGINT)
+                time.sleep(0.0003)
+                proc.send_signal(signal.SIGINT)
+            self.once_answered("storage", twice)
+            try:
+                out, err = proc.communicate(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                self.fail("try %d: still running 15 s after two Ctrl-Cs" % (attempt + 1))
+            finally:
+                self.fake.on_request = None
+            self.assertIn(proc.returncode, (130, -signal.SIGINT), err)
+            (new,) = set(self.fake.multipart) - before
+            self.assertEqual(self.fake.multipart[new].state, "aborted",
+                             "try %d left the upload open: %s" % (attempt + 1, err.decode()))
 
 
 class TestReadme(FakeTestCase):
