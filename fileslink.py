@@ -3175,7 +3175,11 @@ class _StdoutClosed(KeyboardInterrupt):
 
 def _write(stream: Any, text: str) -> None:
     """Write text the stream's encoding may not hold (a cp1252 console, a
-    name with undecodable bytes): what it cannot encode is escaped."""
+    name with undecodable bytes): what it cannot encode is escaped. A
+    stream that is None was closed before Python started (`>&-`, `2>&-`):
+    what would go there is dropped, and the run goes on."""
+    if stream is None:
+        return
     try:
         stream.write(text)
     except UnicodeEncodeError:
@@ -3422,7 +3426,10 @@ def _walk(paths: Sequence[str], name: Optional[str], screen: _Screen) -> List[En
     entries: List[Entry] = []
     for path in paths:
         if path == "-":
-            entries.append((name or "", sys.stdin.buffer, None))
+            if sys.stdin is None:  # `<&-`: closed before Python started
+                screen.error("-: standard input is closed")
+            else:
+                entries.append((name or "", sys.stdin.buffer, None))
             continue
         try:
             st = os.stat(path)
