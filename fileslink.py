@@ -169,7 +169,9 @@ _MIME_TYPES = {
 _DEFAULT_MIME = "application/octet-stream"
 #: Regular expressions are kept as text and compiled at first use (re caches
 #: them): compiling them at import cost a cold start almost a millisecond.
-_CONTROL = r"[\x00-\x1f\x7f]"
+#: Control characters (C0, DEL, C1: U+009B is CSI to many terminals) and the
+#: bidirectional controls, which reorder what a terminal shows of a name.
+_CONTROL = r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]"
 
 #: Where resumable uploads keep their journals (default: the user cache dir).
 _ENV_STATE_DIR = "FILESLINK_STATE_DIR"

@@ -4729,7 +4729,8 @@ class TestSecurity(FolderInEnvCase):
         self.assertEqual(self.confirms(), [])
 
     def test_a_name_with_control_characters_is_refused(self) -> None:
-        for name in ("a\nb.txt", "a\rb.txt", "nul\x00.txt", "esc\x1b[31m.txt", "del\x7f.txt", ""):
+        for name in ("a\nb.txt", "a\rb.txt", "nul\x00.txt", "esc\x1b[31m.txt", "del\x7f.txt", "",
+                     "csi\x9b31m.txt", "gnp.\u202etxt"):   # C1 CSI; a right-to-left override
             with self.subTest(repr(name)):
                 with self.assertRaises(fileslink.ConfigError) as cm:
                     self.client().upload(b"data", name=name)
