@@ -2327,6 +2327,7 @@ class _Transfer:
         self.skip_existing, self.resume = skip_existing, resume
         self.state_dir = _state_dir() if resume else ""
         self.existing: Dict[Tuple[str, int], UploadedFile] = {}
+        self.kept: Set[Tuple[str, str]] = set()  # (path, name) of each journal of this folder
         self.cancel = _Cancel()
         #: Tasks handed to a worker: at most `workers`, and the only record of them.
         self.futures: Dict[Future[str], Tuple[_Job, Optional[int]]] = {}
@@ -2361,6 +2362,9 @@ class _Transfer:
         try:
             if self.resume:  # a journal that cannot be written fails before any call
                 _prepare_state_dir(self.state_dir)
+                self.kept = {(r["source"]["path"], r["name"])
+                             for r in _Journal.entries(self.state_dir)
+                             if (r["base_url"], r["folder_id"]) == (self.api.base_url, self.folder)}
             if self.skip_existing:  # one listing, however many files
                 self.existing = _index_existing(self.api.list_files(self.folder))
             while self._fill(numbered) or self.futures:
@@ -2450,19 +2454,41 @@ class _Transfer:
             except (OSError, FilesLinkError) as exc:
                 self._record(index, _item_name(item), exc)
                 continue
-            found = self.existing.get((source.name, source.size))
-            if found is not None:
+            # Ended here: an UploadedFile (skipped, already there) or an error.
+            outcome: Any = self.existing.get((source.name, source.size))
+            big = 0 < source.size >= self.threshold
+            if outcome is not None or not big:
+                try:
+                    self._drop_kept(source, "it is in the folder already" if outcome else
+                                    "it is now sent in one PUT")
+                except (OSError, FilesLinkError) as exc:
+                    outcome = exc
+            if outcome is not None:
                 source.close()
-                self._record(index, source.name, found)
+                self._record(index, source.name, outcome)
                 continue
             job = _Job(index, source, self.cancel, self.progress)
             self.live.add(job)
-            if 0 < source.size >= self.threshold:
+            if big:
                 self.waiting.append(job)
                 break
             batch.append(job)
         if batch and self._step(batch, lambda: self._presign(batch)):
             self.singles.extend(batch)
+
+    def _drop_kept(self, source: _Source, why: str) -> None:
+        """A kept upload of this file that no run will continue (the file is
+        skipped, or small enough now for one PUT) is aborted, not left billed."""
+        if source.path is None or (os.path.abspath(source.path), source.name) not in self.kept:
+            return
+        with _Journal.open(self.state_dir, self.api.base_url, self.folder, source.path,
+                           source.name) as journal:
+            record = journal.load()
+            if record is not None:
+                _log(_WARNING, "%s: not resumed, %s: its kept multipart upload is aborted",
+                     source.name, why)
+                self.api.abort(_record_plan(record).ids())
+                journal.remove()
 
     def _step(self, jobs: List[_Job], step: Callable[[], None]) -> bool:
         """Run one API step for `jobs`; whether it worked. An error that
