@@ -3739,7 +3739,12 @@ def _stop_line(exc: BaseException, stopped: List[_Stopped], args: Any) -> str:
     if failed:
         line += "; %d could not be aborted (see above)" % failed
     if getattr(args, "resume", False) and None in outcomes:
-        line += "; the same command continues what was kept (`fileslink pending` lists it)"
+        many = len(args.paths) > 1 or any(os.path.isdir(p) for p in args.paths)
+        if many and not args.skip_existing:  # else the files finished would be sent again
+            line += ("; the same command with --skip-existing continues what was kept "
+                     "(`fileslink pending` lists it)")
+        else:
+            line += "; the same command continues what was kept (`fileslink pending` lists it)"
     return line
 
 

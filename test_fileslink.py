@@ -6579,6 +6579,21 @@ class TestCliResume(CliCase):
         self.assertEqual([u.state for u in self.fake.multipart.values()], ["open"])
         self.assertIn("big.bin", self.cli(*["pending"])[1])
 
+    @unittest.skipUnless(os.name == "posix", "sends SIGINT")
+    def test_ctrl_c_with_resume_on_a_directory_says_to_skip_what_is_finished(self) -> None:
+        # The same command alone would upload the finished small files again.
+        self.need_sigint()
+        top = self.tree("a.txt", "b.txt")
+        with open(os.path.join(top, "big.bin"), "wb") as f:
+            f.write(os.urandom(1 * MiB))
+        self.fake.inject("storage", delay=30, path_contains="big.bin")      # a part stalls
+        self.once_answered("storage", self.interrupt)
+        status, out, err = self.cli(*["upload", top, "--resume", "--threshold", "256K",
+                                    "--workers", "1"])
+        self.assertEqual(status, 130, err)
+        self.assertEqual(err.splitlines()[-1], "fileslink: interrupted; the same command with "
+                         "--skip-existing continues what was kept (`fileslink pending` lists it)")
+
 
 class TestCliEncoding(CliCase):
     """A name stdout cannot encode is escaped (issue 9 item 10)."""
