@@ -3237,7 +3237,8 @@ class _Screen:
         self.stopped: List[_Stopped] = []  # the files a stop cut short
 
     def result(self, record: Json, line: str) -> None:
-        """A closed stdout stops the run (_StdoutClosed)."""
+        """A closed stdout stops the run (_StdoutClosed); so does one that
+        cannot be written (`> /dev/full`), as an error that names it."""
         import json
 
         with self._lock:
@@ -3246,6 +3247,8 @@ class _Screen:
                 _write(self.out, (json.dumps(record) if self._json else line) + "\n")
             except BrokenPipeError:
                 raise _StdoutClosed() from None
+            except OSError as exc:
+                raise OSError(exc.errno, exc.strerror, "standard output") from None
 
     def message(self, text: str) -> None:
         with self._lock:
@@ -3424,8 +3427,9 @@ def _certificate_refused(exc: BaseException) -> bool:
 def _describe(exc: BaseException) -> str:
     """One line a user can act on."""
     if isinstance(exc, OSError) and exc.strerror:
-        where = exc.filename if isinstance(exc.filename, str) else "file"
-        return "%s: %s" % (_clean_name(where), exc.strerror)
+        if not isinstance(exc.filename, str):
+            return exc.strerror
+        return "%s: %s" % (_clean_name(exc.filename), exc.strerror)
     text = str(exc) or type(exc).__name__
     if isinstance(exc, APIError) and exc.status == 400 and "limit" in exc.message.lower():
         return "storage limit exceeded: %s" % text

@@ -7176,6 +7176,17 @@ class TestHostileEnvironments(CliCase):
         self.assertNotIn(b"Traceback", proc.stderr, proc.stderr.decode()[-500:])
         self.assertEqual(proc.returncode, 0)
 
+    @unittest.skipUnless(os.path.exists("/dev/full"), "/dev/full")
+    def test_a_full_stdout_is_an_error_that_names_it(self) -> None:
+        top = self.tree("a.txt", "b.txt")
+        with open("/dev/full", "wb") as full:
+            proc = subprocess.run([sys.executable, "-m", "fileslink", "upload", top],
+                                  stdin=subprocess.DEVNULL, stdout=full, stderr=subprocess.PIPE,
+                                  cwd=HERE, env=dict(os.environ, PYTHONPATH=""), timeout=30)
+        self.assertEqual(proc.returncode, 1)
+        self.assertEqual(proc.stderr.decode(),
+                         "fileslink: error: standard output: No space left on device\n")
+
     @unittest.skipUnless(os.name == "posix", "closes a file descriptor")
     def test_dash_with_stdin_closed_is_one_error_line(self) -> None:
         proc = self.run_cli("upload", "-", "--name", "x.txt", preexec_fn=lambda: os.close(0))
