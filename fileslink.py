@@ -2162,8 +2162,12 @@ class _Journal:
         with self._lock:
             # The parts log first: a crash between the two writes leaves the old
             # record beside a log that names another upload, which load() ignores.
-            _write_atomic(self._path(".parts"), _log_header(record["upload_id"]))
-            _write_atomic(self._path(".json"), json.dumps(record).encode())
+            try:
+                _write_atomic(self._path(".parts"), _log_header(record["upload_id"]))
+                _write_atomic(self._path(".json"), json.dumps(record).encode())
+            except OSError as exc:  # say where: "No space left" alone reads as files.link's
+                raise OSError(exc.errno, "%s (writing the resume journal in %s)"
+                              % (exc.strerror, self.directory)) from exc
             self._removed = False
 
     def add_part(self, number: int, etag: str) -> None:

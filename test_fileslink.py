@@ -7156,6 +7156,8 @@ class TestHostileEnvironments(CliCase):
         self.assertEqual(proc.returncode, 1, proc.stderr)
         self.assertEqual([u.state for u in self.fake.multipart.values()], ["aborted"],
                          "an open upload that `fileslink pending` does not list")
+        self.assertRegex(proc.stderr.decode(), r"big\.bin: File too large \(writing the resume "
+                         r"journal in .*state.*\)")
 
     @unittest.skipUnless(os.name == "posix", "closes a file descriptor")
     def test_a_closed_stderr_does_not_stop_the_other_files(self) -> None:
