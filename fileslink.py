@@ -1439,8 +1439,9 @@ _BAD_ID = r"[/?#%\\\s\x00-\x1f\x7f]"
 
 def _check_id(value: Any, what: str) -> str:
     """An id that goes into a URL path: refused rather than escaped."""
-    if not isinstance(value, str) or not value or re.search(_BAD_ID, value):
-        raise ConfigError("%s must be a non-empty id without '/', '?', '#', '%%', "
+    if not isinstance(value, str) or not value or re.search(_BAD_ID, value) \
+            or not value.isascii():  # a request line is ASCII: http.client would crash
+        raise ConfigError("%s must be a non-empty ASCII id without '/', '?', '#', '%%', "
                           "spaces or control characters, not %r" % (what, value))
     return value
 
@@ -3242,13 +3243,16 @@ class _Screen:
 
     def result(self, record: Json, line: str) -> None:
         """A closed stdout stops the run (_StdoutClosed); so does one that
-        cannot be written (`> /dev/full`), as an error that names it."""
+        cannot be written (`> /dev/full`), as an error that names it. Lines,
+        like messages, are cleaned of control characters (an id or a title
+        from the server, an argument): none reaches the terminal. JSON
+        escapes them itself."""
         import json
 
         with self._lock:
             self.clear()
             try:
-                _write(self.out, (json.dumps(record) if self._json else line) + "\n")
+                _write(self.out, (json.dumps(record) if self._json else _clean_name(line)) + "\n")
             except BrokenPipeError:
                 raise _StdoutClosed() from None
             except OSError as exc:
@@ -3257,7 +3261,7 @@ class _Screen:
     def message(self, text: str) -> None:
         with self._lock:
             self.clear()
-            self._err(text + "\n")
+            self._err(_clean_name(text) + "\n")
 
     def error(self, text: str) -> None:
         with self._lock:

@@ -7178,6 +7178,12 @@ class TestHostileEnvironments(CliCase):
         self.assertNotIn(b"Traceback", proc.stderr, proc.stderr.decode()[-500:])
         self.assertEqual(proc.returncode, 0)
 
+    def test_no_escape_sequence_from_an_argument_reaches_the_terminal(self) -> None:
+        status, out, err = self.cli(*["rm", "x\x1b[31m", "\u202egnp"])
+        self.assertEqual(status, 1)
+        self.assertEqual(len(err.splitlines()), 2, err)
+        self.assertNotRegex(err, "[\x1b\u202e]")
+
     @unittest.skipUnless(os.path.exists("/dev/full"), "/dev/full")
     def test_a_full_stdout_is_an_error_that_names_it(self) -> None:
         top = self.tree("a.txt", "b.txt")
