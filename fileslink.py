@@ -3271,7 +3271,8 @@ class _Screen:
     def status(self, text: str) -> None:
         """Draw the progress line, cut to the terminal's width: $COLUMNS if
         set (as shutil has it), else the width of the terminal, else 80. The
-        last column is left free: some terminals wrap when it is written."""
+        last column is left free: some terminals wrap when it is written.
+        The fields of the line are two spaces apart."""
         try:
             columns = int(os.environ["COLUMNS"])
         except (KeyError, ValueError):
@@ -3279,8 +3280,11 @@ class _Screen:
                 columns = os.get_terminal_size(self.err.fileno()).columns
             except (AttributeError, ValueError, OSError):
                 columns = 0  # as a terminal that does not say
+        width = (columns if columns > 0 else 80) - 1
+        while len(text) > width and "  " in text:  # whole fields go, the last first:
+            text = text.rsplit("  ", 1)[0]         # never "ETA " or "1.4 Mi"
         with self._lock:
-            text = text[:(columns if columns > 0 else 80) - 1]
+            text = text[:width]
             tail = "\x1b[K" if self._ansi else " " * max(self._drawn - len(text), 0)
             self._err("\r" + text + tail)
             self._drawn = len(text)

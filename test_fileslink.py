@@ -6032,6 +6032,8 @@ class TestCliProgressLine(CliCase):
         draws = _PROGRESS_DRAW.findall(raw)
         self.assertTrue(draws, raw)                              # it was drawn...
         self.assertTrue(all(len(d) <= 39 for d in draws), draws)  # ...and never wrapped
+        for draw in draws:                                       # ...nor cut mid-field
+            self.assertRegex(draw, r"(files|B|B/s|\d:\d\d)$")
         ids = {f.name: f.id for f in self.fake.files.values()}
         shown = [line for line in _terminal_lines(raw) if line]
         self.assertEqual(sorted(shown[:-1]), sorted("%s -> %s" % kv for kv in ids.items()), raw)
