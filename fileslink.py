@@ -125,6 +125,8 @@ _EXPIRED_RETRIES = 2
 #: No wait longer than this (Retry-After, a spent rate-limit budget) is sat
 #: out: the error is raised at once instead.
 _MAX_WAIT = 900.0
+#: A rate-limit wait this long is a warning, not an info line: it looks like a hang.
+_LOUD_WAIT = 60.0
 #: Statuses worth another try: the request may succeed unchanged.
 _RETRY_STATUSES = frozenset((408, 429, 500, 502, 503, 504))
 #: How long aborting a multipart upload may take after Ctrl-C.
@@ -1658,7 +1660,8 @@ class _API:
                 if wait > _MAX_WAIT:
                     raise RateLimitError("%s: the API's rate limit resets in %.0f s, longer "
                                          "than the %.0f s fileslink waits" % (what, wait, _MAX_WAIT))
-                _log(_INFO, "%s: rate limit budget spent; waiting %.2f s", what, wait)
+                _log(_WARNING if wait >= _LOUD_WAIT else _INFO,
+                     "%s: rate limit budget spent; waiting %.2f s", what, wait)
                 cancel.wait(wait)
                 wait = self._gate.reserve()
             resp = self._send(what, n, APIError, method, self.base_url + path, headers, body,

@@ -4010,6 +4010,30 @@ class TestRateLimit(FolderInEnvCase):
         self.assertLessEqual(self._429s(), 2)
 
 
+class TestLongRateLimitWait(FolderInEnvCase):
+
+    def test_a_wait_of_minutes_for_the_rate_limit_is_a_warning(self) -> None:
+        # Without -v, fifteen silent minutes look like a hang.
+        if threading.current_thread() is not threading.main_thread():
+            self.skipTest("signals go to the main thread")
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+        self.addCleanup(signal.signal, signal.SIGINT, previous)
+        client = self.client()
+        self.fake.inject("api", headers={"RateLimit": '"100-in-1min"; r=0; t=600'})
+        client.list_files(self.fake.folder_id)                 # no call left for 600 s
+
+        class StopWaiting(logging.Handler):                      # the user gives up
+            def emit(self, record: logging.LogRecord) -> None:
+                if "waiting" in record.getMessage():
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+        with self.assertRaises(KeyboardInterrupt), self.assertLogs("fileslink", "INFO") as logs:
+            logging.getLogger("fileslink").addHandler(StopWaiting())  # assertLogs drops it after
+            client.list_files(self.fake.folder_id)
+        self.assertRegex(logs.output[-1], r"^WARNING:fileslink:GET /v1/files/folder/\S+: rate "
+                         r"limit budget spent; waiting \d+\.\d\d s$")
+
+
 class TestHostileRateLimits(FakeTestCase):
     """Rate-limit headers asking for a day or for decades: the wait is capped as
     Retry-After is, and RateLimitError comes at once. In a child process: a
