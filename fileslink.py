@@ -3483,11 +3483,15 @@ def _walk(paths: Sequence[str], name: Optional[str], screen: _Screen) -> List[En
         except OSError as exc:
             screen.error(_describe(exc))
             continue
+        own = name or _clean_name(os.path.basename(path.rstrip("/\\")) or path)
         if stat.S_ISDIR(st.st_mode):
             _tree(path, st, entries, screen)
-        else:  # not a regular file (a FIFO, <(cmd)): the library reads it as a stream
-            own = name or _clean_name(os.path.basename(path.rstrip("/\\")) or path)
-            entries.append((own, path, st.st_size if stat.S_ISREG(st.st_mode) else None))
+        elif stat.S_ISREG(st.st_mode):
+            entries.append((own, path, st.st_size))
+        elif not name and own.isdigit():  # <(cmd) is /dev/fd/63: it would be named "63"
+            screen.error("%s: a pipe with a number for a name: give --name" % _clean_name(path))
+        else:  # a FIFO, /dev/stdin: the library reads it to its end as a stream
+            entries.append((own, path, None))
     return entries
 
 

@@ -7210,6 +7210,22 @@ class TestHostileEnvironments(CliCase):
         self.assertEqual(len(err.splitlines()), 2, err)
         self.assertNotRegex(err, "[\x1b\u202e]")
 
+    @unittest.skipUnless(os.path.isdir("/dev/fd"), "/dev/fd")
+    def test_process_substitution_needs_a_name_and_is_stored_whole_with_one(self) -> None:
+        # `upload <(pg_dump db)` hands fileslink /dev/fd/63.
+        read_end, write_end = os.pipe()
+        with os.fdopen(write_end, "wb") as w:
+            w.write(b"dump")
+        self.addCleanup(os.close, read_end)
+        path = "/dev/fd/%d" % read_end
+        status, out, err = self.cli(*["upload", path])
+        self.assertEqual((status, err), (1, "fileslink: error: %s: a pipe with a number for a "
+                                            "name: give --name\n" % path))
+        self.assertEqual(self.fake.log, [])
+        status, out, err = self.cli(*["upload", path, "--name", "db.sql"])
+        self.assertEqual(status, 0, err)
+        self.assertEqual(self.stored(), {"db.sql": b"dump"})
+
     @unittest.skipUnless(os.path.exists("/dev/full"), "/dev/full")
     def test_a_full_stdout_is_an_error_that_names_it(self) -> None:
         top = self.tree("a.txt", "b.txt")
