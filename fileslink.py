@@ -1542,17 +1542,17 @@ class _API:
         body["parts"] = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
         self.call("POST", _ROUTES["complete"], body, cancel=cancel)
 
-    def abort(self, ids: Json, timeout: Optional[float] = None) -> Optional[str]:
+    def abort(self, ids: Json, timeout: Optional[float] = None) -> Optional[Exception]:
         """Best effort: an unaborted multipart upload keeps storage billed.
         A timeout means Ctrl-C: one short try, so the user is not kept
-        waiting.  None when aborted, else why it could not be."""
+        waiting.  None when aborted, else the error that says why not."""
         try:
             self.call("POST", _ROUTES["abort"], ids, attempts=1 if timeout else None,
                       timeout=timeout)
         except (FilesLinkError, _Cancelled) as exc:
-            reason = str(exc) or "cancelled"
-            _log(_WARNING, "could not abort multipart upload %s: %s", ids.get("uploadId"), reason)
-            return reason
+            _log(_WARNING, "could not abort multipart upload %s: %s", ids.get("uploadId"),
+                 str(exc) or "cancelled")
+            return exc
         _log(_INFO, "aborted multipart upload %s", ids.get("uploadId"))
         return None
 
@@ -2767,7 +2767,8 @@ class _Transfer:
         if keep and job.resumable:
             _log(_INFO, "%s: multipart upload kept, to be resumed", job.source.name)
             return _KEPT
-        reason = self.api.abort(job.plan.ids(), timeout)
+        error = self.api.abort(job.plan.ids(), timeout)
+        reason = None if error is None else str(error) or "cancelled"
         if job.journal is not None:
             job.journal.remove()
         return reason
@@ -3046,7 +3047,10 @@ class Client:
         base URL's) and remove their journals; the ids aborted.
 
         Raises:
-            APIError: some could not be aborted; their journals are kept.
+            APIError: some could not be aborted; their journals are kept,
+                but for those files.link refused to abort as not open (a
+                4xx: completed, aborted or expired meanwhile), which no run
+                could abort or resume.
             ConfigError: one is being uploaded by a running process.
         """
         wanted = None if ids is None else set(ids)
@@ -3060,12 +3064,17 @@ class Client:
             with journal:
                 record = journal.load()
                 assert record is not None
-                reason = self._api.abort(_record_plan(record).ids())
-                if reason is None:
+                error = self._api.abort(_record_plan(record).ids())
+                gone = isinstance(error, APIError) and error.status in (400, 404, 409, 410)
+                if error is None or gone:
                     journal.remove()
+                if error is None:
                     done.append(upload.id)
                 else:
-                    failed.append("%s (%s): %s" % (upload.name, upload.id, reason))
+                    failed.append("%s (%s): %s%s" % (
+                        upload.name, upload.id, error,
+                        " (nothing is open under that id: its journal was removed)" if gone
+                        else ""))
         if failed:
             raise APIError("could not abort %d pending upload%s: %s" % (
                 len(failed), "" if len(failed) == 1 else "s", "; ".join(failed)))

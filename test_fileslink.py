@@ -6591,6 +6591,26 @@ class TestCliResume(CliCase):
         self.assertEqual(ids[second].state, "aborted")
         self.assertEqual(self.cli(*["pending"])[1], "")
 
+    def test_abort_of_an_upload_files_link_no_longer_has_open_drops_its_journal(self) -> None:
+        # Completed (its answer lost), or expired, meanwhile: storage says
+        # NoSuchUpload. Kept, the journal would fail every `abort --all`.
+        self.kept_upload("a.bin", seed=61)
+        self.fake.inject("api", status=404, body={"success": False, "message": "NoSuchUpload"},
+                         path_contains="/multipart/abort")
+        status, out, err = self.cli(*["abort", "--all"])
+        self.assertEqual(status, 1)
+        self.assertRegex(err, r"NoSuchUpload \(nothing is open under that id: its journal was "
+                         r"removed\)\n$")
+        self.assertEqual(self.cli(*["pending"])[1], "")
+        self.assertEqual(self.cli(*["abort", "--all"])[0], 0)
+
+    def test_abort_that_fails_for_now_keeps_the_journal(self) -> None:
+        self.kept_upload("a.bin", seed=62)
+        self.fake.inject("api", status=503, times=10, path_contains="/multipart/abort",
+                         headers={"Retry-After": "0"})          # the tries come at once
+        self.assertEqual(self.cli(*["abort", "--all"])[0], 1)
+        self.assertIn("a.bin", self.cli(*["pending"])[1])
+
     @unittest.skipUnless(os.name == "posix", "sends SIGINT")
     def test_ctrl_c_with_resume_keeps_the_upload_and_says_how_to_go_on(self) -> None:
         self.need_sigint()
@@ -6613,9 +6633,9 @@ class TestCliResume(CliCase):
         with open(os.path.join(top, "big.bin"), "wb") as f:
             f.write(os.urandom(1 * MiB))
         self.fake.inject("storage", delay=30, path_contains="big.bin")      # a part stalls
-        self.once_answered("storage", self.interrupt)
+        self.once_answered("storage", self.interrupt)                       # a small file is in
         status, out, err = self.cli(*["upload", top, "--resume", "--threshold", "256K",
-                                    "--workers", "1"])
+                                    "--workers", "2"])
         self.assertEqual(status, 130, err)
         self.assertEqual(err.splitlines()[-1], "fileslink: interrupted; the same command with "
                          "--skip-existing continues what was kept (`fileslink pending` lists it)")
