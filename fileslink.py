@@ -2206,6 +2206,8 @@ class _Journal:
                 _unlink(self._path(".parts"))
                 self._sweep()
                 _fsync_dir(self.directory)
+            except FileNotFoundError:
+                pass  # the state directory is gone, and the journal with it
             except OSError as exc:
                 _log(_WARNING, "could not remove the resume journal %s: %s",
                      self._path(".json"), exc.strerror or exc)

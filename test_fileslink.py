@@ -7159,7 +7159,8 @@ class TestHostileEnvironments(CliCase):
         # answers leaves the same journal.) Nothing is left to abort.
         path, data = self.make_file("big.bin", 320 * 1024)
         self.fake.inject("api", lost=True, path_contains="/multipart/complete")
-        self.fake.inject("api", status=500, times=10, path_contains="/multipart/complete")
+        self.fake.inject("api", status=500, times=10, path_contains="/multipart/complete",
+                         headers={"Retry-After": "0"})          # the tries come at once
         proc = self.run_cli("upload", path, "--resume", "--threshold", "128K")
         self.assertEqual(proc.returncode, 1, proc.stderr)
         self.assertEqual(self.stored(), {"big.bin": data})
