@@ -3394,7 +3394,7 @@ def _hook(screen: _Screen, verbose: int) -> Callable[[], None]:
             except Exception:  # a malformed record is logging's to report
                 self.handleError(record)
                 return
-            screen.message("fileslink: %s: %s" % (record.levelname.lower(), _clean_name(text)))
+            screen.message("fileslink: %s: %s" % (record.levelname.lower(), text))
 
     def stop(signum: int, frame: Any) -> None:
         for number in saved:
@@ -3455,7 +3455,7 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         if not isinstance(exc.filename, str):
             return exc.strerror
-        return "%s: %s" % (_clean_name(exc.filename), exc.strerror)
+        return "%s: %s" % (exc.filename, exc.strerror)
     text = str(exc) or type(exc).__name__
     if isinstance(exc, APIError) and exc.status == 400 and "limit" in exc.message.lower():
         return "storage limit exceeded: %s" % text
@@ -3500,7 +3500,7 @@ def _walk(paths: Sequence[str], name: Optional[str], screen: _Screen) -> List[En
         elif stat.S_ISREG(st.st_mode):
             entries.append((own, path, st.st_size))
         elif not name and own.isdigit():  # <(cmd) is /dev/fd/63: it would be named "63"
-            screen.error("%s: a pipe with a number for a name: give --name" % _clean_name(path))
+            screen.error("%s: a pipe with a number for a name: give --name" % path)
         else:  # a FIFO, /dev/stdin: the library reads it to its end as a stream
             entries.append((own, path, None))
     return entries
@@ -3527,11 +3527,11 @@ def _tree(top: str, top_stat: os.stat_result, entries: List[Entry], screen: _Scr
             with os.scandir(path) as listing:
                 found = sorted(listing, key=lambda e: e.name)
         except OSError as exc:
-            screen.error("%s: %s" % (_clean_name(path), exc.strerror))
+            screen.error("%s: %s" % (path, exc.strerror))
             continue
         subdirs = []
         for entry in found:
-            shown = _clean_name(entry.path)
+            shown = entry.path
             try:
                 st = entry.stat()  # follows links; a dangling one raises
             except OSError as exc:
@@ -3862,7 +3862,7 @@ def _cmd_ls(client: Client, args: Any, screen: _Screen) -> None:
         entry.update((k, v) for k, v in record.items() if k not in ("fileName", "fileSize"))
         size = "" if entry["size"] is None else entry["size"]
         screen.result(entry, "%s  %10s  %s" % (entry["id"], size,
-                                               _clean_name(str(entry["name"] or ""))))
+                                               entry["name"] or ""))
 
 
 def _cmd_rm(client: Client, args: Any, screen: _Screen) -> None:
