@@ -273,11 +273,11 @@ class _Stopped(TransferError):
     """A file cut short because the run stopped (Ctrl-C, SIGTERM, a fatal
     error); handed to on_file, never raised.  `aborted`: True when its
     multipart upload was aborted, False when the abort failed, None when
-    there was nothing to abort or it was kept open to be resumed."""
+    there was nothing to abort or it was kept open to be resumed (`kept`)."""
 
-    def __init__(self, text: str, aborted: Optional[bool]) -> None:
+    def __init__(self, text: str, aborted: Optional[bool], kept: bool = False) -> None:
         super().__init__(text)
-        self.aborted = aborted
+        self.aborted, self.kept = aborted, kept
 
 
 class _Retryable(Exception):
@@ -1220,8 +1220,11 @@ def _open_path(path: str, name: str) -> _Source:
     a socket is refused, for its "size" would be a lie."""
     import stat
 
-    mode = os.stat(path).st_mode  # OSError here: before any I/O
-    if stat.S_ISFIFO(mode):
+    st = os.stat(path)  # OSError here: before any I/O
+    mode = st.st_mode
+    # A regular file that says it is empty may be a /proc file, made as it is
+    # read (and refusing to seek to its end): read it to its end too.
+    if stat.S_ISFIFO(mode) or (stat.S_ISREG(mode) and st.st_size == 0):
         with open(path, "rb") as pipe:
             return _spool(pipe, name)
     if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) or stat.S_ISSOCK(mode):
@@ -2842,14 +2845,15 @@ class _Transfer:
         for job in sorted(self.live, key=lambda j: j.index):
             text = "upload of %s stopped" % job.source.name
             aborted: Optional[bool] = None
-            if failed.get(job) is _KEPT:
+            kept = failed.get(job) is _KEPT
+            if kept:
                 text += "; its multipart upload was kept, to be resumed"
             elif job in failed:
                 aborted = failed[job] is None
                 text += "; its multipart upload %s" % (
                     "was aborted" if aborted else "could not be aborted: %s" % failed[job])
             try:
-                self._finish(job, _Stopped(text, aborted))
+                self._finish(job, _Stopped(text, aborted, kept))
             except Exception:  # noqa: S110 - on_file failing too must not hide `exc`
                 pass
 
@@ -2868,11 +2872,11 @@ def _item_name(item: Any) -> str:
 
 
 def _check_number(label: str, value: Any, whole: bool = True) -> None:
-    """ConfigError unless `value` is a number above 0 (a whole one if `whole`)."""
+    """ConfigError unless `value` is a finite number above 0 (a whole one if `whole`)."""
     if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) \
-            or value <= 0:
+            or not 0 < value < float("inf"):  # NaN fails both
         raise ConfigError("%s must be %s, not %r" % (
-            label, "a whole number >= 1" if whole else "a number > 0", value))
+            label, "a whole number >= 1" if whole else "a finite number > 0", value))
 
 
 def _payload(response: Json) -> Any:
@@ -3772,7 +3776,7 @@ def _stop_line(exc: BaseException, stopped: List[_Stopped], args: Any) -> str:
         line += "; %d unfinished multipart upload%s aborted" % (aborted, "" if aborted == 1 else "s")
     if failed:
         line += "; %d could not be aborted (see above)" % failed
-    if getattr(args, "resume", False) and None in outcomes:
+    if any(s.kept for s in stopped):  # journaled; a stop inside initiate kept nothing
         many = len(args.paths) > 1 or any(os.path.isdir(p) for p in args.paths)
         if many and not args.skip_existing:  # else the files finished would be sent again
             line += ("; the same command with --skip-existing continues what was kept "

@@ -4433,14 +4433,16 @@ class TestBadInput(FolderInEnvCase):
 
 
     def test_bad_client_options_are_config_errors_that_name_the_option(self) -> None:
-        whole, number = "a whole number >= 1", "a number > 0"
+        whole, number = "a whole number >= 1", "a finite number > 0"
         rows: List[Tuple[str, Any, str]] = [
             ("max_workers", 0, whole), ("max_workers", 2.5, whole), ("max_workers", True, whole),
             ("max_workers", None, whole), ("multipart_threshold", -1, whole),
             ("multipart_threshold", None, whole), ("batch_size", 0, whole),
             ("batch_size", "10", whole), ("timeout", 0, number), ("timeout", None, number),
             ("timeout", "5", number), ("max_bandwidth", 0.0, number),
-            ("max_bandwidth", False, number), ("retry", 3, "a fileslink.Retry"),
+            ("max_bandwidth", False, number), ("timeout", float("inf"), number),
+            ("timeout", float("nan"), number), ("max_bandwidth", float("inf"), number),
+            ("retry", 3, "a fileslink.Retry"),
             ("ssl_context", "ca.pem", "an ssl.SSLContext")]
         base = {"api_key": "k", "base_url": self.fake.base_url}
         for option, value, words in rows:
@@ -6625,6 +6627,14 @@ class TestCliResume(CliCase):
         self.assertEqual([u.state for u in self.fake.multipart.values()], ["open"])
         self.assertIn("big.bin", self.cli(*["pending"])[1])
 
+    def test_ctrl_c_inside_initiate_does_not_claim_anything_was_kept(self) -> None:
+        # Nothing was journaled: `pending` would list nothing to continue.
+        path, _ = self.make_file("big.bin", 1 * MiB)
+        with mock.patch.object(fileslink._API, "initiate", side_effect=KeyboardInterrupt):
+            status, out, err = self.cli(*["upload", path, "--resume", "--threshold", "256K"])
+        self.assertEqual((status, out, err), (130, "", "fileslink: interrupted\n"))
+        self.assertEqual(self.cli(*["pending"])[1], "")
+
     @unittest.skipUnless(os.name == "posix", "sends SIGINT")
     def test_ctrl_c_with_resume_on_a_directory_says_to_skip_what_is_finished(self) -> None:
         # The same command alone would upload the finished small files again.
@@ -7246,6 +7256,13 @@ class TestHostileEnvironments(CliCase):
         status, out, err = self.cli(*["upload", path, "--name", "db.sql"])
         self.assertEqual(status, 0, err)
         self.assertEqual(self.stored(), {"db.sql": b"dump"})
+
+    @unittest.skipUnless(os.path.exists("/proc/self/status"), "procfs")
+    def test_a_proc_file_is_read_to_its_end_not_stored_empty(self) -> None:
+        # procfs says size 0 and refuses to seek to the end.
+        status, out, err = self.cli(*["upload", "/proc/self/status"])
+        self.assertEqual(status, 0, err)
+        self.assertTrue(self.stored()["status"].startswith(b"Name:"))
 
     @unittest.skipUnless(os.path.exists("/dev/full"), "/dev/full")
     def test_a_full_stdout_is_an_error_that_names_it(self) -> None:
