@@ -1074,12 +1074,19 @@ class _Transport:
         else:
             response = h.getresponse()
         assert isinstance(response, _Response)
-        data = _read_full(response, max_body + 1)
+        try:
+            data = _read_full(response, max_body + 1)
+            finished = response.isclosed()
+        finally:
+            # An answer that will close owns the socket (h.close() does not
+            # reach it): close it, read whole or not, or the socket waits for
+            # the garbage collector.
+            response.close()
         response.body, response.truncated = data[:max_body], len(data) > max_body
         if not response.truncated and response.length:
             h.close()  # http.client takes an early EOF for the end of the body
             raise http.client.IncompleteRead(data, response.length)
-        if answered_early or response.truncated or response.will_close or not response.isclosed():
+        if answered_early or response.truncated or response.will_close or not finished:
             h.close()
         else:
             self._checkin(conn)
